@@ -1,0 +1,9 @@
+//! PhantomLink: a real-time neural-data replay server.
+//!
+//! Data flows one way, and the modules read in that order:
+//! [`dataset`] (load and bin once) → [`engine`] (one timing thread per session) →
+//! [`codec`] (packets to wire frames) → [`net`] (HTTP, WebSocket writers) with
+//! [`metrics`] recording along the way.
+#![deny(missing_docs)]
+
+pub mod dataset;
