@@ -6,4 +6,9 @@
 //! [`metrics`] recording along the way.
 #![deny(missing_docs)]
 
+pub mod codec;
+pub mod config;
 pub mod dataset;
+pub mod engine;
+pub mod metrics;
+pub mod net;

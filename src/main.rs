@@ -1,1 +1,93 @@
-fn main() {}
+//! `phantomlink`: serve the dataset (default) or inspect an NWB file.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use phantomlink::config::{Cli, CliCommand, ServeArgs};
+use phantomlink::dataset::load_dataset;
+use phantomlink::engine::realtime::{self, RealtimeMode};
+use phantomlink::engine::Registry;
+use phantomlink::net::Server;
+
+/// How long shutdown may take before the process exits anyway.
+const SHUTDOWN_WITHIN: Duration = Duration::from_millis(900);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(CliCommand::Inspect { file }) => {
+            init_logging("warn");
+            eprintln!(
+                "error: inspect is not available in this build ({})",
+                file.display()
+            );
+            ExitCode::from(2)
+        }
+        Some(CliCommand::Serve(args)) => serve(args),
+        None => serve(cli.serve),
+    }
+}
+
+fn init_logging(level: &str) {
+    env_logger::Builder::new()
+        .parse_filters(level)
+        .format_timestamp_millis()
+        .init();
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_logging(&args.log_level);
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            log::error!("{message}");
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &ServeArgs) -> Result<(), String> {
+    let started = Instant::now();
+    let mut engine = args.engine_config();
+    engine.cores = realtime::available_cores(&args.cores).map_err(|e| format!("--cores: {e}"))?;
+    match (args.realtime, realtime::probe_fifo()) {
+        (RealtimeMode::On, Err(e)) => return Err(format!("--realtime on: {e}")),
+        (RealtimeMode::Auto, Err(e)) => {
+            log::warn!("timing threads run without SCHED_FIFO (expect more jitter under load): {e}")
+        }
+        (RealtimeMode::Off, _) => log::info!("SCHED_FIFO disabled (--realtime off)"),
+        (_, Ok(())) => log::info!("timing threads run SCHED_FIFO"),
+    }
+    let table = load_dataset(&args.dataset, args.seed).map_err(|e| e.to_string())?;
+    let registry = Arc::new(Registry::new(Arc::new(table), engine));
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("signal handlers: {e}"))?;
+    let server = Server::start(registry, args.server_config())
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
+    let addr = server.local_addr();
+    log::info!(
+        "PhantomLink {} listening on http://{addr} (ws://{addr}/stream/{{code}}), ready in {:.0} ms",
+        env!("CARGO_PKG_VERSION"),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let first = signals.forever().next();
+    log::info!("signal {first:?}: shutting down (a second signal exits at once)");
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            eprintln!("second signal: exiting now");
+            std::process::exit(130);
+        }
+    });
+    let clean = server.shut_down(SHUTDOWN_WITHIN);
+    if !clean {
+        log::warn!("some clients did not close in time");
+    }
+    log::info!("stopped");
+    Ok(())
+}

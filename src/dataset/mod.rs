@@ -5,8 +5,11 @@
 //! Must never: be touched mutably after startup, or do I/O once streaming has begun. Every
 //! session holds an `Arc<PacketTable>` and building a packet is a row lookup.
 
+mod load;
 pub mod synthetic;
 mod table;
+
+pub use load::load_dataset;
 
 pub use table::{BinnedRecording, PacketTable, Row, Trial, BIN_MS, BIN_SECONDS};
 

@@ -17,7 +17,12 @@ pub struct SyntheticConfig {
 
 impl Default for SyntheticConfig {
     fn default() -> Self {
-        Self { seed: 42, num_units: 142, num_trials: 100, num_bins: 11_748 }
+        Self {
+            seed: 42,
+            num_units: 142,
+            num_trials: 100,
+            num_bins: 11_748,
+        }
     }
 }
 

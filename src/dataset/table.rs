@@ -141,9 +141,15 @@ impl PacketTable {
             return Err(invalid("the recording has no bins".into()));
         }
         if bins > (u32::MAX - 1) as usize {
-            return Err(invalid(format!("{bins} bins is more than a table can index")));
+            return Err(invalid(format!(
+                "{bins} bins is more than a table can index"
+            )));
         }
-        for (name, len) in [("y", rec.y.len()), ("vx", rec.vx.len()), ("vy", rec.vy.len())] {
+        for (name, len) in [
+            ("y", rec.y.len()),
+            ("vx", rec.vx.len()),
+            ("vy", rec.vy.len()),
+        ] {
             if len != bins {
                 return Err(invalid(format!(
                     "kinematic column {name} has {len} bins, x has {bins}"
@@ -177,7 +183,9 @@ impl PacketTable {
 
         let trial_bins: Vec<Range<u32>> = trials
             .iter()
-            .map(|t| first_bin_at_or_after(t.start_time, bins)..first_bin_at_or_after(t.stop_time, bins))
+            .map(|t| {
+                first_bin_at_or_after(t.start_time, bins)..first_bin_at_or_after(t.stop_time, bins)
+            })
             .collect();
         // A later trial wins where two overlap: the newest target is the one being reached for.
         let mut bin_trial = vec![NO_TRIAL; bins];
@@ -192,7 +200,10 @@ impl PacketTable {
                 if trial == NO_TRIAL {
                     return f64::NAN;
                 }
-                match (trials[trial as usize].target_x, trials[trial as usize].target_y) {
+                match (
+                    trials[trial as usize].target_x,
+                    trials[trial as usize].target_y,
+                ) {
                     (Some(tx), Some(ty)) => (tx - rec.x[bin]).hypot(ty - rec.y[bin]),
                     _ => f64::NAN,
                 }
@@ -259,7 +270,8 @@ impl PacketTable {
 
     /// Length of the recording in seconds.
     pub fn duration_seconds(&self) -> f64 {
-        self.num_bins() as f64 * BIN_SECONDS
+        // Multiply by the exact integer 25 before dividing so 11,748 bins print as 293.7.
+        self.num_bins() as f64 * BIN_MS / 1000.0
     }
 
     /// All trials, sorted by start time.
@@ -403,7 +415,11 @@ mod tests {
 
     #[test]
     fn playlists_cover_trial_bins() {
-        let trials = vec![trial(1, 0.0, 0.05, 2), trial(2, 0.1, 0.2, 2), trial(3, 0.2, 0.25, 5)];
+        let trials = vec![
+            trial(1, 0.0, 0.05, 2),
+            trial(2, 0.1, 0.2, 2),
+            trial(3, 0.2, 0.25, 5),
+        ];
         let table = PacketTable::new(recording(10, trials)).unwrap();
         assert_eq!(&*table.playlist_for_trial(2).unwrap(), &[4..8]);
         assert_eq!(&*table.playlist_for_target(2).unwrap(), &[0..2, 4..8]);
@@ -419,6 +435,9 @@ mod tests {
         let err = PacketTable::new(rec).unwrap_err().to_string();
         assert!(err.contains("vy"), "{err}");
         let dup = recording(10, vec![trial(1, 0.0, 0.1, 0), trial(1, 0.1, 0.2, 0)]);
-        assert!(PacketTable::new(dup).unwrap_err().to_string().contains("twice"));
+        assert!(PacketTable::new(dup)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
     }
 }

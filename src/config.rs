@@ -1,0 +1,164 @@
+//! Command line and environment: what a user can set, with the reference's `PHANTOM_*`
+//! variables honoured, and its translation into the engine's and server's settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::realtime::RealtimeMode;
+use crate::engine::EngineConfig;
+use crate::net::ServerConfig;
+
+/// PhantomLink: replays a motor-cortex recording at 40 Hz over WebSocket.
+#[derive(Debug, Parser)]
+#[command(
+    name = "phantomlink",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+    /// Server options when no subcommand is given.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Serve the dataset (the default).
+    Serve(ServeArgs),
+    /// Describe an NWB file: units, spikes, trials, series, and whether it can be served.
+    Inspect {
+        /// The NWB file.
+        file: PathBuf,
+    },
+}
+
+/// Options of `phantomlink serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; use 0.0.0.0 to serve a lab network (put TLS in front of it).
+    #[arg(long, env = "PHANTOM_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port for HTTP and WebSocket.
+    #[arg(long, env = "PHANTOM_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// `synthetic` (built in) or the path of an MC_Maze-layout NWB file.
+    #[arg(long, env = "PHANTOM_DATASET", default_value = "synthetic")]
+    pub dataset: String,
+    /// Seed of the synthetic dataset (same seed, same recording).
+    #[arg(long, env = "PHANTOM_SEED", default_value_t = 42)]
+    pub seed: u64,
+    /// Cores for timing threads, round-robin, e.g. `2,3` (default: all).
+    #[arg(long, env = "PHANTOM_CORES", value_delimiter = ',')]
+    pub cores: Vec<usize>,
+    /// SCHED_FIFO for timing threads: auto (when permitted), on (required), off.
+    #[arg(long, env = "PHANTOM_REALTIME", value_enum, default_value_t = RealtimeMode::Auto)]
+    pub realtime: RealtimeMode,
+    /// Most sessions at once (least recently used idle sessions are evicted beyond it).
+    #[arg(long, env = "PHANTOM_MAX_SESSIONS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_sessions: u64,
+    /// Most clients on one session.
+    #[arg(long, env = "PHANTOM_MAX_CLIENTS_PER_SESSION", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_clients_per_session: u64,
+    /// Most clients on the server.
+    #[arg(long, env = "PHANTOM_MAX_CLIENTS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_clients: u64,
+    /// Seconds a session without clients may stay unused before cleanup removes it.
+    #[arg(long, env = "PHANTOM_SESSION_TTL", default_value = "3600", value_parser = parse_seconds)]
+    pub session_ttl: Duration,
+    /// Seconds a client may leave its buffer full (or a write blocked) before it is closed (1008).
+    #[arg(long, env = "PHANTOM_CLIENT_STALL_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub client_stall_timeout: Duration,
+    /// Packets buffered per client before packets are dropped for it (64 = 1.6 s).
+    #[arg(long, env = "PHANTOM_CLIENT_BUFFER", default_value_t = 64, value_parser = clap::value_parser!(u64).range(2..=65_536))]
+    pub client_buffer: u64,
+    /// Microseconds a timing thread spins before each deadline (more: less jitter, more CPU).
+    #[arg(long, env = "PHANTOM_SPIN_US", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=25_000))]
+    pub spin_us: u64,
+    /// Threads answering HTTP requests.
+    #[arg(long, env = "PHANTOM_HTTP_WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub http_workers: u64,
+    /// Largest HTTP request body accepted, bytes (413 beyond).
+    #[arg(long, env = "PHANTOM_MAX_BODY_BYTES", default_value_t = 65_536)]
+    pub max_body_bytes: usize,
+    /// Value of Access-Control-Allow-Origin.
+    #[arg(long, env = "PHANTOM_CORS_ORIGIN", default_value = "*")]
+    pub cors_origin: String,
+    /// Log level: error, warn, info, debug, trace (or an env_logger filter).
+    #[arg(long, env = "PHANTOM_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+impl ServeArgs {
+    /// The engine settings these options ask for (cores not yet validated).
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            max_sessions: self.max_sessions as usize,
+            max_clients_per_session: self.max_clients_per_session as usize,
+            max_clients_total: self.max_clients as usize,
+            session_ttl: self.session_ttl,
+            stall_timeout: self.client_stall_timeout,
+            ring_capacity: self.client_buffer as usize,
+            cores: self.cores.clone(),
+            realtime: self.realtime,
+            spin: Duration::from_micros(self.spin_us),
+        }
+    }
+
+    /// The network settings these options ask for.
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            host: self.host.clone(),
+            port: self.port,
+            http_workers: self.http_workers as usize,
+            max_body_bytes: self.max_body_bytes,
+            cors_origin: self.cors_origin.clone(),
+            ..ServerConfig::default()
+        }
+    }
+}
+
+fn parse_seconds(raw: &str) -> Result<Duration, String> {
+    let seconds: f64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a number of seconds"))?;
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 1e9) {
+        return Err(format!("{raw:?} must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let cli = Cli::try_parse_from(["phantomlink"]).unwrap();
+        assert!(cli.command.is_none());
+        let args = cli.serve;
+        assert_eq!((args.host.as_str(), args.port), ("127.0.0.1", 8000));
+        assert_eq!(args.dataset, "synthetic");
+        assert_eq!(args.session_ttl, Duration::from_secs(3600));
+        assert_eq!(args.client_stall_timeout, Duration::from_secs(10));
+        assert_eq!(args.engine_config().max_sessions, 64);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Cli::try_parse_from(["phantomlink", "--port", "70000"]).is_err());
+        assert!(Cli::try_parse_from(["phantomlink", "--session-ttl", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["phantomlink", "--realtime", "maybe"]).is_err());
+        let cli = Cli::try_parse_from(["phantomlink", "--cores", "0,1"]).unwrap();
+        assert_eq!(cli.serve.cores, vec![0, 1]);
+        let cli = Cli::try_parse_from(["phantomlink", "inspect", "x.nwb"]).unwrap();
+        assert!(matches!(cli.command, Some(CliCommand::Inspect { .. })));
+    }
+}

@@ -1,0 +1,43 @@
+//! Engine: sessions and their timing threads.
+//!
+//! # The real-time contract
+//!
+//! Each session has one timing thread, pinned to a core, that wakes at absolute deadlines
+//! `t0 + n·25 ms` on the monotonic clock (spin_sleep for the last stretch), looks up one
+//! packet-table row, encodes it once per wire format that has subscribers, and pushes the
+//! shared frame into each client's rtrb ring. On that path, once a session is streaming:
+//!
+//! - **No lock a network thread can hold.** Control (pause, resume, seek, filter, subscribe)
+//!   arrives through a bounded crossbeam channel that the tick drains with `try_recv`;
+//!   status and counters go out through atomics; histograms go out through rtrb rings
+//!   ([`crate::metrics::histogram`]).
+//! - **No I/O.** Writers own the sockets; the tick only pushes into rings and unparks them.
+//! - **No allocation in steady state.** Frames come from a per-format pool and are reused once
+//!   every client has let go of them; rings and subscriber lists are sized at subscribe time.
+//!   `tests/no_alloc_tick.rs` holds this with a counting allocator.
+//! - **Nothing hidden.** Deadlines are absolute, so there is no drift; lateness (wake − deadline)
+//!   of every tick goes into an HDR histogram.
+//!
+//! A full ring means that client is slow: the packet is dropped for it alone and counted.
+//! Subscribing, unsubscribing, resuming and the first packet of a new format are control
+//! events, not steady state: they may allocate (a ring, a frame pool).
+
+mod client;
+mod command;
+mod fanout;
+mod playback;
+pub mod realtime;
+mod registry;
+mod session;
+mod timing;
+
+pub use client::{ClientCounters, ClientShared, CloseReason};
+pub use command::{Command, Filter};
+pub use fanout::Subscriber;
+pub use playback::{Playback, SeekError};
+pub use registry::{validate_code, ClientTicket, EngineConfig, Registry, RegistryError};
+pub use session::{
+    AttachError, ClientEntry, DepartedTotals, Session, SessionBusy, SessionState, SessionStatus,
+    HISTOGRAM_DIGITS,
+};
+pub use timing::{TickOutcome, TimingConfig, TimingLoop, PERIOD};

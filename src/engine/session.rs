@@ -1,0 +1,296 @@
+//! One session: its timing thread's handle, its status, and its clients.
+//!
+//! The timing thread publishes through [`SessionStatus`] (atomics) and histogram pipes; it
+//! never touches [`SessionState`], whose mutex is taken only by network threads (HTTP
+//! handlers, client writers on departure, `/metrics`).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
+
+use super::{ClientShared, Command, Filter};
+use crate::metrics::histogram::merge;
+use crate::metrics::{new_histogram, Hist, HistCollector};
+
+/// Significant digits of latency histograms (HDR: 3 digits = 0.1 % resolution).
+pub const HISTOGRAM_DIGITS: u8 = 3;
+
+/// What a session's timing thread publishes, lock-free.
+#[derive(Debug, Default)]
+pub struct SessionStatus {
+    /// Bin the next tick plays.
+    pub position: AtomicU32,
+    /// Sequence number of the last packet generated (0 before the first).
+    pub sequence: AtomicU64,
+    /// Playback is paused.
+    pub paused: AtomicBool,
+    /// The clock has started (a client has connected at least once).
+    pub started: AtomicBool,
+    /// The timing thread is alive.
+    pub running: AtomicBool,
+    /// Packets generated.
+    pub packets_generated: AtomicU64,
+    /// Frames allocated because a stalled client still held a pooled one.
+    pub frame_pool_misses: AtomicU64,
+    /// Bytes held by the session's frame pools.
+    pub frame_pool_bytes: AtomicUsize,
+    /// Times the schedule was re-anchored after a stall of more than a second.
+    pub schedule_resets: AtomicU64,
+    /// Packets that could not be encoded (should stay 0).
+    pub encode_errors: AtomicU64,
+    /// Subscribers the timing thread is pushing to.
+    pub subscribers: AtomicUsize,
+    /// Core the timing thread is pinned to, or -1.
+    pub core: std::sync::atomic::AtomicI64,
+    /// The timing thread runs SCHED_FIFO.
+    pub fifo: AtomicBool,
+}
+
+/// One client as the session's network side keeps it.
+pub struct ClientEntry {
+    /// State shared with the timing thread and writer.
+    pub shared: Arc<ClientShared>,
+    /// Network latency (tick → write returned) from the writer.
+    pub latency: HistCollector,
+    /// Everything drained from `latency` so far.
+    pub latency_total: Hist,
+}
+
+/// Totals of clients that have left, so session figures never go backwards.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DepartedTotals {
+    /// Packets sent to departed clients.
+    pub packets_sent: u64,
+    /// Packets dropped for departed clients.
+    pub dropped_packets: u64,
+    /// Bytes sent to departed clients.
+    pub bytes_sent: u64,
+    /// Number of departed clients.
+    pub clients: u64,
+}
+
+/// Network-side state of a session.
+pub struct SessionState {
+    /// Filter being played, if any.
+    pub filter: Option<Filter>,
+    /// Connected clients.
+    pub clients: Vec<ClientEntry>,
+    /// Tick lateness from the timing thread.
+    pub lateness: HistCollector,
+    /// Everything drained from `lateness`.
+    pub lateness_total: Hist,
+    /// Network latency of every client, departed ones included.
+    pub latency_total: Hist,
+    /// Totals of departed clients.
+    pub departed: DepartedTotals,
+}
+
+impl SessionState {
+    /// Moves everything the recorders have published into the totals.
+    pub fn collect(&mut self) {
+        let total = &mut self.lateness_total;
+        self.lateness.drain(|h| merge(total, h));
+        let session_total = &mut self.latency_total;
+        for client in &mut self.clients {
+            let client_total = &mut client.latency_total;
+            client.latency.drain(|h| {
+                merge(client_total, h);
+                merge(session_total, h);
+            });
+        }
+    }
+}
+
+/// Why a command could not be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionBusy {
+    /// The timing thread has not taken earlier commands yet.
+    #[error("the session's control queue is full; retry shortly")]
+    QueueFull,
+    /// The timing thread has ended.
+    #[error("the session has stopped")]
+    Stopped,
+}
+
+/// A session.
+pub struct Session {
+    code: String,
+    created_at: SystemTime,
+    created: Instant,
+    last_active: Mutex<Instant>,
+    commands: Sender<Command>,
+    status: Arc<SessionStatus>,
+    state: Mutex<SessionState>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Session {
+    pub(super) fn new(
+        code: String,
+        commands: Sender<Command>,
+        status: Arc<SessionStatus>,
+        lateness: HistCollector,
+        thread: JoinHandle<()>,
+    ) -> Self {
+        Self {
+            code,
+            created_at: SystemTime::now(),
+            created: Instant::now(),
+            last_active: Mutex::new(Instant::now()),
+            commands,
+            status,
+            state: Mutex::new(SessionState {
+                filter: None,
+                clients: Vec::new(),
+                lateness,
+                lateness_total: new_histogram(HISTOGRAM_DIGITS),
+                latency_total: new_histogram(HISTOGRAM_DIGITS),
+                departed: DepartedTotals::default(),
+            }),
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    /// The session code.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// Wall-clock creation time.
+    pub fn created_at(&self) -> SystemTime {
+        self.created_at
+    }
+
+    /// Time since creation.
+    pub fn age(&self) -> Duration {
+        self.created.elapsed()
+    }
+
+    /// What the timing thread publishes.
+    pub fn status(&self) -> &SessionStatus {
+        &self.status
+    }
+
+    /// Network-side state. Never held across I/O.
+    pub fn state(&self) -> MutexGuard<'_, SessionState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Marks the session as used now (for TTL and LRU).
+    pub fn touch(&self) {
+        *self.last_active.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// Time since the session was last used.
+    pub fn idle_for(&self) -> Duration {
+        self.last_active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    /// Number of connected clients.
+    pub fn client_count(&self) -> usize {
+        self.state().clients.len()
+    }
+
+    /// Queues a command for the timing thread without waiting.
+    pub fn send(&self, command: Command) -> Result<(), SessionBusy> {
+        self.touch();
+        self.commands.try_send(command).map_err(|e| match e {
+            TrySendError::Full(_) => SessionBusy::QueueFull,
+            TrySendError::Disconnected(_) => SessionBusy::Stopped,
+        })
+    }
+
+    /// Registers a client that is about to be upgraded. The filter check and the registration
+    /// happen under one lock, so two clients asking for different filters cannot both win.
+    pub fn attach(
+        &self,
+        entry: ClientEntry,
+        filter: Option<Filter>,
+        max_clients: usize,
+        playlist: impl FnOnce(Filter) -> Command,
+    ) -> Result<(), AttachError> {
+        let mut state = self.state();
+        if state.clients.len() >= max_clients {
+            return Err(AttachError::SessionFull { max_clients });
+        }
+        if let Some(wanted) = filter {
+            if state.filter != Some(wanted) {
+                if !state.clients.is_empty() {
+                    return Err(AttachError::FilterConflict {
+                        playing: state.filter,
+                        wanted,
+                    });
+                }
+                self.send(playlist(wanted))?;
+                state.filter = Some(wanted);
+            }
+        }
+        state.clients.push(entry);
+        drop(state);
+        self.touch();
+        Ok(())
+    }
+
+    /// Removes a client, folding its figures into the session's totals.
+    pub fn detach(&self, client_id: u64) {
+        let mut state = self.state();
+        state.collect();
+        if let Some(index) = state.clients.iter().position(|c| c.shared.id == client_id) {
+            let entry = state.clients.swap_remove(index);
+            let counters = &entry.shared.counters;
+            state.departed.packets_sent += counters.packets_sent.load(Relaxed);
+            state.departed.dropped_packets += counters.dropped_packets.load(Relaxed);
+            state.departed.bytes_sent += counters.bytes_sent.load(Relaxed);
+            state.departed.clients += 1;
+        }
+        drop(state);
+        self.touch();
+    }
+
+    /// Stops the timing thread and waits for it (at most `timeout` for the command to go in).
+    pub fn shut_down(&self, timeout: Duration) {
+        match self.commands.send_timeout(Command::Shutdown, timeout) {
+            Ok(()) | Err(SendTimeoutError::Disconnected(_)) => {}
+            Err(SendTimeoutError::Timeout(_)) => {
+                log::error!("session {}: timing thread did not take Shutdown", self.code);
+                return;
+            }
+        }
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                log::error!("session {}: timing thread panicked", self.code);
+            }
+        }
+    }
+}
+
+/// Why a client could not attach.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    /// Other clients are playing a different filter.
+    #[error("session is playing {}; other clients are connected, so {wanted} cannot be applied", playing.map(|f| f.to_string()).unwrap_or_else(|| "the whole recording".into()))]
+    FilterConflict {
+        /// What the session plays now.
+        playing: Option<Filter>,
+        /// What the client asked for.
+        wanted: Filter,
+    },
+    /// The session has as many clients as it may.
+    #[error("session already has its maximum of {max_clients} clients")]
+    SessionFull {
+        /// The limit.
+        max_clients: usize,
+    },
+    /// The timing thread could not take the filter.
+    #[error(transparent)]
+    Busy(#[from] SessionBusy),
+}

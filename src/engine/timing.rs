@@ -1,0 +1,330 @@
+//! The timing loop of one session: sleep to an absolute deadline, apply control, play a row,
+//! fan it out. See the module documentation of [`crate::engine`] for the rules of this room.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use spin_sleep::SpinSleeper;
+
+use super::fanout::{Delivery, FramePool};
+use super::{Command, Playback, SessionStatus, Subscriber};
+use crate::codec::{encode_data, DataPacket, WireFormat};
+use crate::dataset::{PacketTable, BIN_MS};
+use crate::metrics::HistRecorder;
+
+/// Packet period: 25 ms.
+pub const PERIOD: Duration = Duration::from_micros((BIN_MS * 1000.0) as u64);
+
+/// A tick later than this re-anchors the schedule instead of bursting to catch up
+/// (a suspended machine, a debugger); the lateness is still recorded.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(1);
+
+/// Lateness histograms are handed to the collector every this many ticks (250 ms).
+const PUBLISH_EVERY: u64 = 10;
+
+/// Starting size of a frame buffer; a 142-unit JSON packet is about 1.3 kB, and a buffer
+/// that proves too small grows once and keeps its size.
+const FRAME_CAPACITY: usize = 2048;
+
+/// What [`TimingLoop::apply`] asks of the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickOutcome {
+    /// Keep going.
+    Continue,
+    /// End the thread.
+    Shutdown,
+}
+
+/// How a timing loop is set up.
+#[derive(Debug, Clone)]
+pub struct TimingConfig {
+    /// Offset of this session's ticks within the period, so sessions do not all wake at once.
+    pub phase: Duration,
+    /// Shared origin of every session's schedule.
+    pub epoch: Instant,
+    /// A client whose ring stays full this long is closed.
+    pub stall_timeout: Duration,
+    /// Ring slots per client; frame pools hold a few more.
+    pub ring_capacity: usize,
+    /// Most subscribers; the list is allocated once at this size.
+    pub max_clients: usize,
+    /// How long before a deadline the thread stops sleeping and spins.
+    pub spin: Duration,
+}
+
+/// One session's timing loop. Owned and run by the session's timing thread; the pieces are
+/// public so tests and benchmarks can drive single ticks.
+pub struct TimingLoop {
+    table: Arc<PacketTable>,
+    commands: Receiver<Command>,
+    status: Arc<SessionStatus>,
+    lateness: HistRecorder,
+    config: TimingConfig,
+    playback: Playback,
+    subscribers: Vec<Subscriber>,
+    per_format: [usize; 2],
+    pools: [Option<FramePool>; 2],
+    sequence: u64,
+    paused: bool,
+    started: bool,
+    /// Start of the current schedule and ticks since: deadline n is `t0 + n·PERIOD`.
+    schedule: Option<(Instant, u32)>,
+    fine: SpinSleeper,
+    coarse: SpinSleeper,
+}
+
+impl TimingLoop {
+    /// A loop over the whole recording, waiting for its first subscriber.
+    pub fn new(
+        table: Arc<PacketTable>,
+        commands: Receiver<Command>,
+        status: Arc<SessionStatus>,
+        lateness: HistRecorder,
+        config: TimingConfig,
+    ) -> Self {
+        let playback = Playback::new(table.playlist_all());
+        status.position.store(playback.position(), Relaxed);
+        let spin_ns = config.spin.as_nanos().min(u32::MAX as u128) as u32;
+        Self {
+            table,
+            commands,
+            status,
+            lateness,
+            subscribers: Vec::with_capacity(config.max_clients),
+            playback,
+            per_format: [0; 2],
+            pools: [None, None],
+            sequence: 0,
+            paused: false,
+            started: false,
+            schedule: None,
+            fine: SpinSleeper::new(spin_ns),
+            // With nobody listening, punctuality does not matter: sleep without spinning.
+            coarse: SpinSleeper::new(0),
+            config,
+        }
+    }
+
+    /// Runs until [`Command::Shutdown`] or until every command sender is gone.
+    pub fn run(mut self) {
+        self.status.running.store(true, Relaxed);
+        loop {
+            let Some((t0, n)) = self.schedule else {
+                // Not playing: nothing to be punctual about, so block for the next command.
+                match self.commands.recv() {
+                    Ok(command) => {
+                        if self.apply(command) == TickOutcome::Shutdown {
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(_) => break,
+                }
+            };
+            let deadline = t0 + PERIOD * n;
+            let listened = !self.subscribers.is_empty();
+            if listened {
+                self.fine.sleep_until(deadline);
+            } else {
+                self.coarse.sleep_until(deadline);
+            }
+            let woke = Instant::now();
+            let late = woke.saturating_duration_since(deadline);
+            if listened {
+                self.lateness.record(late.as_nanos() as u64);
+            }
+            if self.drain_commands() == TickOutcome::Shutdown {
+                break;
+            }
+            if self.schedule.is_none() {
+                continue; // paused or stopped by a command
+            }
+            self.tick(woke);
+            self.schedule = if late > CATCH_UP_LIMIT {
+                self.status.schedule_resets.fetch_add(1, Relaxed);
+                Some((self.aligned_start(woke), 0))
+            } else {
+                Some((t0, n + 1))
+            };
+            if u64::from(n) % PUBLISH_EVERY == 0 {
+                self.lateness.publish();
+            }
+        }
+        self.lateness.publish();
+        self.status.running.store(false, Relaxed);
+    }
+
+    /// Applies every queued command. Lock-free: `try_recv` on a bounded channel whose senders
+    /// never block.
+    pub fn drain_commands(&mut self) -> TickOutcome {
+        loop {
+            match self.commands.try_recv() {
+                Ok(command) => {
+                    if self.apply(command) == TickOutcome::Shutdown {
+                        return TickOutcome::Shutdown;
+                    }
+                }
+                Err(TryRecvError::Empty) => return TickOutcome::Continue,
+                Err(TryRecvError::Disconnected) => return TickOutcome::Shutdown,
+            }
+        }
+    }
+
+    /// Applies one command.
+    pub fn apply(&mut self, command: Command) -> TickOutcome {
+        match command {
+            Command::Subscribe(subscriber) => {
+                let format = subscriber.client.format.index();
+                self.per_format[format] += 1;
+                let slots = self.config.ring_capacity + 8;
+                let pool =
+                    self.pools[format].get_or_insert_with(|| FramePool::new(slots, FRAME_CAPACITY));
+                self.status
+                    .frame_pool_bytes
+                    .fetch_add(pool.heap_bytes(), Relaxed);
+                self.subscribers.push(subscriber);
+                self.status
+                    .subscribers
+                    .store(self.subscribers.len(), Relaxed);
+                if !self.started {
+                    self.started = true;
+                    self.status.started.store(true, Relaxed);
+                    self.start_schedule();
+                }
+            }
+            Command::Pause => self.pause(),
+            Command::Resume => {
+                if self.paused {
+                    self.paused = false;
+                    self.status.paused.store(false, Relaxed);
+                    self.start_schedule();
+                }
+            }
+            Command::Seek(bin) => {
+                // The sender checked the bin against the playlist; a filter change racing
+                // with the seek can still make it invalid, and then the seek is ignored.
+                let _ = self.playback.seek(bin);
+                self.status
+                    .position
+                    .store(self.playback.position(), Relaxed);
+            }
+            Command::Stop => {
+                self.pause();
+                self.playback.rewind();
+                self.status
+                    .position
+                    .store(self.playback.position(), Relaxed);
+            }
+            Command::SetPlaylist(playlist) => {
+                self.playback.replace(playlist);
+                self.status
+                    .position
+                    .store(self.playback.position(), Relaxed);
+            }
+            Command::Shutdown => return TickOutcome::Shutdown,
+        }
+        TickOutcome::Continue
+    }
+
+    /// Plays one row: encode once per format in use, offer to every subscriber.
+    pub fn tick(&mut self, woke: Instant) {
+        let bin = self.playback.advance();
+        self.sequence += 1;
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let packet = DataPacket {
+            timestamp,
+            sequence_number: self.sequence,
+            row: self.table.row(bin),
+            channel_ids: self.table.channel_ids(),
+        };
+        let mut slots = [None; 2];
+        for format in WireFormat::ALL {
+            let index = format.index();
+            if self.per_format[index] == 0 {
+                continue;
+            }
+            let Some(pool) = self.pools[index].as_mut() else {
+                continue;
+            };
+            let (slot, frame) = pool.acquire();
+            if frame
+                .build(format.opcode(), |buf| encode_data(format, &packet, buf))
+                .is_err()
+            {
+                self.status.encode_errors.fetch_add(1, Relaxed);
+                continue;
+            }
+            frame.sequence_number = self.sequence;
+            frame.tick = woke;
+            slots[index] = Some(slot);
+        }
+        self.fan_out(&slots, woke);
+        self.status
+            .position
+            .store(self.playback.position(), Relaxed);
+        self.status.sequence.store(self.sequence, Relaxed);
+        self.status.packets_generated.fetch_add(1, Relaxed);
+    }
+
+    fn fan_out(&mut self, slots: &[Option<usize>; 2], now: Instant) {
+        let pools = &self.pools;
+        let mut i = 0;
+        while i < self.subscribers.len() {
+            let format = self.subscribers[i].client.format.index();
+            let frame = match (slots[format], &pools[format]) {
+                (Some(slot), Some(pool)) => pool.shared(slot),
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            match self.subscribers[i].offer(frame, now, self.config.stall_timeout) {
+                Delivery::Queued | Delivery::Dropped => i += 1,
+                Delivery::Stalled | Delivery::Gone => {
+                    self.subscribers.swap_remove(i);
+                    self.per_format[format] -= 1;
+                    self.status
+                        .subscribers
+                        .store(self.subscribers.len(), Relaxed);
+                }
+            }
+        }
+        let misses = pools.iter().flatten().map(FramePool::misses).sum();
+        self.status.frame_pool_misses.store(misses, Relaxed);
+    }
+
+    fn pause(&mut self) {
+        self.paused = true;
+        self.schedule = None;
+        self.status.paused.store(true, Relaxed);
+    }
+
+    fn start_schedule(&mut self) {
+        if self.started && !self.paused {
+            self.schedule = Some((self.aligned_start(Instant::now()), 0));
+        }
+    }
+
+    /// The first instant at or after `now` that falls on this session's phase.
+    fn aligned_start(&self, now: Instant) -> Instant {
+        let period = PERIOD.as_nanos();
+        let phase = self.config.phase.as_nanos() % period;
+        let since = now.saturating_duration_since(self.config.epoch).as_nanos();
+        let offset = if since <= phase {
+            phase
+        } else {
+            phase + (since - phase).div_ceil(period) * period
+        };
+        self.config.epoch + Duration::from_nanos(offset as u64)
+    }
+
+    /// Sequence number of the last packet generated.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+}

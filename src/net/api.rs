@@ -1,0 +1,389 @@
+//! REST handlers: one function per endpoint, each returning JSON or an [`ApiError`].
+//!
+//! Response shapes follow the reference implementation (its clients parse them) and add
+//! fields where we know more.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use serde_json::{json, Value};
+use tiny_http::Request;
+
+use super::http::{
+    header, header_value, json_reply, read_body, text_reply, ApiError, Params, Reply,
+};
+use super::router::{route, ControlAction, Endpoint};
+use super::server::Context;
+use super::websocket;
+use crate::dataset::BIN_SECONDS;
+use crate::engine::{Command, Filter, Playback, Session};
+use crate::metrics::report;
+
+/// Answers one request (or hands it to the WebSocket upgrade).
+pub fn handle(ctx: &Arc<Context>, mut request: Request) {
+    let url = request.url().to_string();
+    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+    let cors = ctx.config.cors_origin.clone();
+    let endpoint = match route(request.method(), path) {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            let _ = request.respond(e.into_reply(&cors));
+            return;
+        }
+    };
+    if let Endpoint::Stream(code, format) = &endpoint {
+        websocket::connect(ctx, request, code, *format, query);
+        return;
+    }
+    let reply = if ctx.is_stopping() {
+        Err(ApiError::new(503, "server is shutting down"))
+    } else {
+        read_body(&mut request, ctx.config.max_body_bytes)
+            .and_then(|body| Params::parse(query, &body))
+            .and_then(|params| dispatch(ctx, &request, endpoint, &params))
+    };
+    let reply = reply.unwrap_or_else(|e| e.into_reply(&cors));
+    if let Err(e) = request.respond(reply) {
+        log::debug!("reply not delivered: {e}");
+    }
+}
+
+fn dispatch(
+    ctx: &Context,
+    request: &Request,
+    endpoint: Endpoint,
+    params: &Params,
+) -> Result<Reply, ApiError> {
+    let cors = ctx.config.cors_origin.as_str();
+    let ok = |value: Value| Ok(json_reply(200, &value, cors));
+    match endpoint {
+        Endpoint::Root => ok(root(ctx, request)),
+        Endpoint::Health => ok(health(ctx)),
+        Endpoint::CreateSession => {
+            let code = params.string("custom_code")?;
+            let session = ctx.registry.create(code.as_deref())?;
+            log::info!("session {} created", session.code());
+            ok(json!({
+                "session_code": session.code(),
+                "stream_url": format!("{}/stream/{}", ctx.public_ws_base(Some(request)), session.code()),
+                "stream_url_binary": format!("{}/stream/binary/{}", ctx.public_ws_base(Some(request)), session.code()),
+                "created": unix_seconds(session.created_at()),
+                "message": "Session created. Use this code to stream independent neural data.",
+            }))
+        }
+        Endpoint::ListSessions => {
+            let sessions: Vec<Value> = ctx
+                .registry
+                .sessions()
+                .iter()
+                .map(|s| session_info(ctx, request, s))
+                .collect();
+            ok(json!({ "sessions": sessions, "stats": registry_stats(ctx) }))
+        }
+        Endpoint::GetSession(code) => {
+            ok(session_info(ctx, request, &*ctx.registry.require(&code)?))
+        }
+        Endpoint::DeleteSession(code) => {
+            ctx.registry.delete(&code)?;
+            log::info!("session {code} deleted");
+            ok(json!({ "message": format!("Session {code} deleted"), "session_code": code }))
+        }
+        Endpoint::Cleanup => {
+            let removed = ctx.registry.cleanup_expired();
+            ok(json!({
+                "cleaned_up": removed.len(),
+                "sessions": removed,
+                "message": format!("Removed {} expired sessions", removed.len()),
+            }))
+        }
+        Endpoint::Metadata => {
+            let mut value = serde_json::to_value(&ctx.metadata).unwrap_or(Value::Null);
+            value["source"] = json!(ctx.registry.table().source());
+            value["bin_size_ms"] = json!(crate::dataset::BIN_MS);
+            value["target_ids"] = json!(ctx.registry.table().target_ids().collect::<Vec<_>>());
+            ok(value)
+        }
+        Endpoint::Trials => {
+            let trials = ctx.registry.table().trials();
+            ok(json!({ "trials": trials, "count": trials.len() }))
+        }
+        Endpoint::Trial(id) => {
+            let id = parse_id(&id, "trial id")?;
+            match ctx.registry.table().trial(id) {
+                Some(trial) => ok(serde_json::to_value(trial).unwrap_or(Value::Null)),
+                None => Err(ApiError::not_found(format!("trial {id} not found"))),
+            }
+        }
+        Endpoint::TrialsByTarget(id) => {
+            let id = parse_id(&id, "target id")?;
+            let trials: Vec<_> = ctx.registry.table().trials_for_target(id).collect();
+            ok(json!({ "trials": trials, "count": trials.len(), "target_index": id }))
+        }
+        Endpoint::Stats => ok(json!({
+            "active_connections": ctx.registry.live_clients(),
+            "session_manager": registry_stats(ctx),
+            "lsl_streaming": {"enabled": false},
+        })),
+        Endpoint::Control(code, action) => control(ctx, &code, action, params),
+        Endpoint::Position(code) => ok(position(ctx, &*ctx.registry.require(&code)?)),
+        Endpoint::Metrics => metrics(ctx, request, params),
+        Endpoint::Preflight => Ok(json_reply(204, &Value::Null, cors)
+            .with_header(header(
+                "Access-Control-Allow-Methods",
+                "GET, POST, DELETE, OPTIONS",
+            ))
+            .with_header(header(
+                "Access-Control-Allow-Headers",
+                "Content-Type, Authorization",
+            ))),
+        Endpoint::Stream(..) => Err(ApiError::new(
+            500,
+            "stream endpoints are handled before dispatch",
+        )),
+    }
+}
+
+fn root(ctx: &Context, request: &Request) -> Value {
+    let ws = ctx.public_ws_base(Some(request));
+    json!({
+        "service": "PhantomLink",
+        "version": env!("CARGO_PKG_VERSION"),
+        "description": "Real-time neural-data replay server: MC_Maze-like spikes and kinematics at 40 Hz",
+        "dataset": ctx.metadata.dataset,
+        "endpoints": {
+            "create_session": "POST /api/sessions/create",
+            "list_sessions": "GET /api/sessions",
+            "session_stats": "GET /api/sessions/{session_code}",
+            "delete_session": "DELETE /api/sessions/{session_code}",
+            "cleanup_sessions": "POST /api/sessions/cleanup",
+            "metadata": "GET /api/metadata",
+            "trials": "GET /api/trials",
+            "trial": "GET /api/trials/{trial_id}",
+            "trials_by_target": "GET /api/trials/by-target/{target_id}",
+            "stats": "GET /api/stats",
+            "control": "POST /api/control/{session_code}/{pause|resume|stop|seek}",
+            "position": "GET /api/control/{session_code}/position",
+            "metrics": "GET /metrics",
+            "health": "GET /health",
+            "stream": format!("{ws}/stream/{{session_code}}"),
+            "stream_binary": format!("{ws}/stream/binary/{{session_code}}"),
+        },
+        "examples": [
+            "Create session: POST /api/sessions/create",
+            format!("Stream (JSON): {ws}/stream/swift-neural-42"),
+            format!("Stream (MessagePack): {ws}/stream/binary/swift-neural-42"),
+            format!("With filter: {ws}/stream/swift-neural-42?target_id=0"),
+        ],
+    })
+}
+
+fn health(ctx: &Context) -> Value {
+    json!({
+        "status": "healthy",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": ctx.started.elapsed().as_secs_f64(),
+        "sessions": ctx.registry.sessions().len(),
+        "clients": ctx.registry.live_clients(),
+        "dataset": ctx.metadata.dataset,
+    })
+}
+
+fn registry_stats(ctx: &Context) -> Value {
+    let sessions = ctx.registry.sessions();
+    let active = sessions.iter().filter(|s| s.client_count() > 0).count();
+    let config = ctx.registry.config();
+    json!({
+        "total_sessions": sessions.len(),
+        "active_sessions": active,
+        "total_connections": ctx.registry.live_clients(),
+        "connections_opened": ctx.registry.connections_opened(),
+        "max_sessions": config.max_sessions,
+        "limits": {
+            "max_sessions": config.max_sessions,
+            "max_clients_per_session": config.max_clients_per_session,
+            "max_clients_total": config.max_clients_total,
+            "max_body_bytes": ctx.config.max_body_bytes,
+            "max_client_message_bytes": super::reader::MAX_CLIENT_MESSAGE,
+            "session_ttl_seconds": config.session_ttl.as_secs_f64(),
+            "client_stall_timeout_seconds": config.stall_timeout.as_secs_f64(),
+            "client_buffer_packets": config.ring_capacity,
+        },
+    })
+}
+
+fn filter_json(filter: Option<Filter>) -> Value {
+    match filter {
+        Some(Filter::Trial(id)) => json!({ "trial_id": id }),
+        Some(Filter::Target(id)) => json!({ "target_id": id }),
+        None => Value::Null,
+    }
+}
+
+fn session_info(ctx: &Context, request: &Request, session: &Session) -> Value {
+    let status = session.status();
+    let (filter, clients) = {
+        let state = session.state();
+        (state.filter, state.clients.len())
+    };
+    json!({
+        "session_code": session.code(),
+        "created_at": unix_seconds(session.created_at()),
+        "age_seconds": session.age().as_secs_f64(),
+        "idle_seconds": session.idle_for().as_secs_f64(),
+        "active_connections": clients,
+        "is_running": status.running.load(Relaxed) && status.started.load(Relaxed),
+        "is_paused": status.paused.load(Relaxed),
+        "started": status.started.load(Relaxed),
+        "filter": filter_json(filter),
+        "current_index": status.position.load(Relaxed),
+        "position_seconds": f64::from(status.position.load(Relaxed)) * BIN_SECONDS,
+        "sequence_number": status.sequence.load(Relaxed),
+        "packets_generated": status.packets_generated.load(Relaxed),
+        "stream_url": format!("{}/stream/{}", ctx.public_ws_base(Some(request)), session.code()),
+    })
+}
+
+fn position(ctx: &Context, session: &Session) -> Value {
+    let status = session.status();
+    let bin = status.position.load(Relaxed);
+    json!({
+        "session_code": session.code(),
+        "position_seconds": f64::from(bin) * BIN_SECONDS,
+        "packet_id": bin,
+        "current_index": bin,
+        "total_packets": ctx.metadata.total_packets,
+        "duration_seconds": ctx.metadata.duration_seconds,
+        "paused": status.paused.load(Relaxed),
+        "is_paused": status.paused.load(Relaxed),
+        "started": status.started.load(Relaxed),
+        "sequence_number": status.sequence.load(Relaxed),
+        "filter": filter_json(session.state().filter),
+    })
+}
+
+fn control(
+    ctx: &Context,
+    code: &str,
+    action: ControlAction,
+    params: &Params,
+) -> Result<Reply, ApiError> {
+    let session = ctx.registry.require(code)?;
+    let cors = ctx.config.cors_origin.as_str();
+    let (command, status) = match action {
+        ControlAction::Pause => (Command::Pause, "paused"),
+        ControlAction::Resume => (Command::Resume, "resumed"),
+        ControlAction::Stop => (Command::Stop, "stopped"),
+        ControlAction::Seek => (Command::Seek(seek_target(ctx, &session, params)?), "seeked"),
+    };
+    let seek_bin = match command {
+        Command::Seek(bin) => Some(bin),
+        _ => None,
+    };
+    session.send(command)?;
+    let mut body = json!({ "status": status, "session_code": code });
+    if let Some(bin) = seek_bin {
+        body["packet_id"] = json!(bin);
+        body["position_seconds"] = json!(f64::from(bin) * BIN_SECONDS);
+    }
+    Ok(json_reply(200, &body, cors))
+}
+
+/// The bin a seek asks for, checked against the recording and the session's filter.
+fn seek_target(ctx: &Context, session: &Session, params: &Params) -> Result<u32, ApiError> {
+    let total = ctx.metadata.total_packets;
+    let duration = ctx.metadata.duration_seconds;
+    let bin = match (params.f64("position_seconds")?, params.u32("packet_id")?) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give position_seconds or packet_id, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "seek needs position_seconds or packet_id (query or JSON body)",
+            ))
+        }
+        (Some(seconds), None) => {
+            if !(0.0..duration).contains(&seconds) {
+                return Err(ApiError::bad_request(format!(
+                    "position_seconds {seconds} is outside the recording [0, {duration})"
+                )));
+            }
+            // The tolerance keeps 0.05 s in bin 2 despite 0.05 / 0.025 = 1.9999999999999998.
+            ((seconds / BIN_SECONDS + 1e-9).floor() as u32).min(total as u32 - 1)
+        }
+        (None, Some(packet)) => {
+            if packet as usize >= total {
+                return Err(ApiError::bad_request(format!(
+                    "packet_id {packet} is outside the recording [0, {total})"
+                )));
+            }
+            packet
+        }
+    };
+    let filter = session.state().filter;
+    if let Some(filter) = filter {
+        let table = ctx.registry.table();
+        let playlist = match filter {
+            Filter::Trial(id) => table.playlist_for_trial(id),
+            Filter::Target(id) => table.playlist_for_target(id),
+        };
+        if !playlist.is_some_and(|p| Playback::contains(&p, bin)) {
+            return Err(ApiError::conflict(format!(
+                "packet {bin} is outside the session's filter ({filter}); reconnect without a filter to seek there"
+            )));
+        }
+    }
+    Ok(bin)
+}
+
+fn metrics(ctx: &Context, request: &Request, params: &Params) -> Result<Reply, ApiError> {
+    let cors = ctx.config.cors_origin.as_str();
+    let only = params.string("session")?;
+    if let Some(code) = &only {
+        ctx.registry.require(code)?;
+    }
+    let format = params.string("format")?;
+    let accept = header_value(request, "Accept").unwrap_or("");
+    let wants_text = format.as_deref() == Some("prometheus")
+        || (format.is_none() && (accept.contains("text/plain") || accept.contains("openmetrics")));
+    if let Some(other) = format
+        .as_deref()
+        .filter(|f| *f != "prometheus" && *f != "json")
+    {
+        return Err(ApiError::bad_request(format!(
+            "unknown format {other:?}: use json or prometheus"
+        )));
+    }
+    if wants_text {
+        let openmetrics = accept.contains("application/openmetrics-text");
+        let body = report::prometheus(&ctx.registry, only.as_deref(), openmetrics);
+        let content_type = if openmetrics {
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        } else {
+            "text/plain; version=0.0.4; charset=utf-8"
+        };
+        return Ok(text_reply(200, body, content_type, cors));
+    }
+    Ok(json_reply(
+        200,
+        &report::json(&ctx.registry, only.as_deref()),
+        cors,
+    ))
+}
+
+fn parse_id(raw: &str, what: &str) -> Result<u32, ApiError> {
+    raw.parse::<u32>().map_err(|_| {
+        let shown: String = raw.chars().take(40).collect();
+        ApiError::bad_request(format!(
+            "{what} must be a non-negative integer, got {shown:?}"
+        ))
+    })
+}
+
+fn unix_seconds(time: std::time::SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,295 @@
+//! HTTP plumbing shared by the handlers: JSON replies, typed errors with a `detail`, bodies
+//! read under a limit, and parameters from the query string or a JSON body.
+
+use std::io::{Cursor, Read};
+
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use tiny_http::{Header, Request, Response};
+
+use crate::engine::{AttachError, RegistryError, SessionBusy};
+
+/// A reply ready to send.
+pub type Reply = Response<Cursor<Vec<u8>>>;
+
+/// An error as the client sees it: a status and a `detail` sentence saying what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// What went wrong, for the `detail` field.
+    pub detail: String,
+    /// Methods the path accepts, for 405 replies.
+    pub allow: Option<&'static str>,
+}
+
+impl ApiError {
+    /// An error with `status` and `detail`.
+    pub fn new(status: u16, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+            allow: None,
+        }
+    }
+
+    /// 400: a parameter or body is wrong.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(400, detail)
+    }
+
+    /// 404: nothing at this path or with this id.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(404, detail)
+    }
+
+    /// 409: the request conflicts with the session's state.
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(409, detail)
+    }
+
+    /// 405 with the methods the path accepts.
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        Self {
+            status: 405,
+            detail: format!("method not allowed here; allowed: {allow}"),
+            allow: Some(allow),
+        }
+    }
+
+    /// The error as a JSON reply.
+    pub fn into_reply(self, cors: &str) -> Reply {
+        let mut reply = json_reply(self.status, &json!({ "detail": self.detail }), cors);
+        if let Some(allow) = self.allow {
+            reply.add_header(header("Allow", allow));
+        }
+        reply
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        let status = match e {
+            RegistryError::InvalidCode(_) => 400,
+            RegistryError::NotFound(_) => 404,
+            RegistryError::Exists(_) | RegistryError::HasClients { .. } => 409,
+            RegistryError::Full(_)
+            | RegistryError::TooManyClients(_)
+            | RegistryError::ShuttingDown => 503,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<SessionBusy> for ApiError {
+    fn from(e: SessionBusy) -> Self {
+        ApiError::new(503, e.to_string())
+    }
+}
+
+impl From<AttachError> for ApiError {
+    fn from(e: AttachError) -> Self {
+        let status = match e {
+            AttachError::FilterConflict { .. } => 409,
+            AttachError::SessionFull { .. } | AttachError::Busy(_) => 503,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// A header from static parts (always valid ASCII).
+pub fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
+}
+
+/// `value` serialised as a JSON reply with `status`.
+pub fn json_reply(status: u16, value: &impl Serialize, cors: &str) -> Reply {
+    let body = serde_json::to_vec(value).unwrap_or_else(|e| {
+        format!(r#"{{"detail":"response could not be encoded: {e}"}}"#).into_bytes()
+    });
+    Response::from_data(body)
+        .with_status_code(status)
+        .with_header(header("Content-Type", "application/json"))
+        .with_header(header("Access-Control-Allow-Origin", cors))
+}
+
+/// A plain-text reply (Prometheus exposition and the like).
+pub fn text_reply(status: u16, body: String, content_type: &str, cors: &str) -> Reply {
+    Response::from_data(body.into_bytes())
+        .with_status_code(status)
+        .with_header(header("Content-Type", content_type))
+        .with_header(header("Access-Control-Allow-Origin", cors))
+}
+
+/// Value of a request header, case-insensitively.
+pub fn header_value<'r>(request: &'r Request, name: &str) -> Option<&'r str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+/// Reads the body, refusing more than `limit` bytes with 413.
+pub fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let too_large = || ApiError::new(413, format!("request body larger than {limit} bytes"));
+    if request.body_length().is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::bad_request(format!("could not read request body: {e}")))?;
+    if body.len() > limit {
+        return Err(too_large());
+    }
+    Ok(body)
+}
+
+/// Parameters of a request: the query string first, then a JSON object body.
+#[derive(Debug, Default)]
+pub struct Params {
+    query: Vec<(String, String)>,
+    body: Map<String, Value>,
+}
+
+impl Params {
+    /// Parameters from a query string (without `?`) and an optional JSON body.
+    pub fn parse(query: &str, body: &[u8]) -> Result<Self, ApiError> {
+        let query = form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let body = if body.iter().all(u8::is_ascii_whitespace) {
+            Map::new()
+        } else {
+            match serde_json::from_slice::<Value>(body) {
+                Ok(Value::Object(map)) => map,
+                Ok(_) => return Err(ApiError::bad_request("request body must be a JSON object")),
+                Err(e) => {
+                    return Err(ApiError::bad_request(format!(
+                        "request body is not valid JSON: {e}"
+                    )))
+                }
+            }
+        };
+        Ok(Self { query, body })
+    }
+
+    fn raw(&self, name: &str) -> Option<Result<&str, &Value>> {
+        if let Some((_, v)) = self.query.iter().find(|(k, _)| k == name) {
+            return Some(Ok(v.as_str()));
+        }
+        self.body.get(name).filter(|v| !v.is_null()).map(Err)
+    }
+
+    /// A string parameter.
+    pub fn string(&self, name: &str) -> Result<Option<String>, ApiError> {
+        match self.raw(name) {
+            None => Ok(None),
+            Some(Ok(s)) => Ok(Some(s.to_string())),
+            Some(Err(Value::String(s))) => Ok(Some(s.clone())),
+            Some(Err(other)) => Err(ApiError::bad_request(format!(
+                "{name} must be a string, got {other}"
+            ))),
+        }
+    }
+
+    /// A non-negative integer parameter no larger than `u32::MAX`.
+    pub fn u32(&self, name: &str) -> Result<Option<u32>, ApiError> {
+        let bad = |shown: &str| {
+            ApiError::bad_request(format!(
+                "{name} must be a non-negative integer, got {}",
+                truncate(shown, 40)
+            ))
+        };
+        match self.raw(name) {
+            None => Ok(None),
+            Some(Ok(s)) => s.trim().parse::<u32>().map(Some).map_err(|_| bad(s)),
+            Some(Err(v)) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| bad(&v.to_string())),
+        }
+    }
+
+    /// A finite number parameter.
+    pub fn f64(&self, name: &str) -> Result<Option<f64>, ApiError> {
+        let bad = |shown: &str| {
+            ApiError::bad_request(format!(
+                "{name} must be a finite number, got {}",
+                truncate(shown, 40)
+            ))
+        };
+        let value = match self.raw(name) {
+            None => return Ok(None),
+            Some(Ok(s)) => s.trim().parse::<f64>().map_err(|_| bad(s))?,
+            Some(Err(v)) => v.as_f64().ok_or_else(|| bad(&v.to_string()))?,
+        };
+        if value.is_finite() {
+            Ok(Some(value))
+        } else {
+            Err(bad(&value.to_string()))
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_wins_over_body_and_types_are_checked() {
+        let p =
+            Params::parse("packet_id=12&name=a%20b", br#"{"packet_id": 99, "x": 1.5}"#).unwrap();
+        assert_eq!(p.u32("packet_id").unwrap(), Some(12));
+        assert_eq!(p.string("name").unwrap().as_deref(), Some("a b"));
+        assert_eq!(p.f64("x").unwrap(), Some(1.5));
+        assert_eq!(p.u32("missing").unwrap(), None);
+        assert_eq!(
+            Params::parse("trial_id=abc", b"")
+                .unwrap()
+                .u32("trial_id")
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            Params::parse("trial_id=-1", b"")
+                .unwrap()
+                .u32("trial_id")
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            Params::parse("s=NaN", b"")
+                .unwrap()
+                .f64("s")
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            Params::parse("s=inf", b"")
+                .unwrap()
+                .f64("s")
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(Params::parse("", b"[1]").unwrap_err().status, 400);
+        assert_eq!(Params::parse("", b"{oops").unwrap_err().status, 400);
+        let p = Params::parse("", br#"{"trial_id": 4294967296}"#).unwrap();
+        assert_eq!(p.u32("trial_id").unwrap_err().status, 400);
+    }
+}

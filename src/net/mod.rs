@@ -1,0 +1,21 @@
+//! Network: HTTP (REST, `/metrics`) and WebSocket streaming on one port.
+//!
+//! Owns every socket. tiny_http accepts connections and parses requests; REST handlers run
+//! on a small pool of worker threads. A WebSocket upgrade is answered through tiny_http, then
+//! the connection's socket is taken back from it ([`socket`]) so that each client gets a
+//! writer thread with a blocking socket of its own (TCP_NODELAY, send timeout) and a reader
+//! thread. Only the writer ever writes to a client's socket, so frames never interleave.
+//! Must never: share a lock with a timing thread, or let one client's socket slow another.
+
+mod api;
+mod http;
+mod reader;
+mod router;
+mod server;
+pub mod socket;
+mod websocket;
+mod writer;
+
+pub use http::ApiError;
+pub use router::{route, ControlAction, Endpoint};
+pub use server::{Server, ServerConfig};

@@ -1,0 +1,94 @@
+//! A client's reader thread: reads what the client sends, through tungstenite, so that pings
+//! are answered, the close handshake completes, and oversized or malformed frames end the
+//! connection with the right code. It never writes to the socket: tungstenite's replies go
+//! to the writer through a bounded channel, whole frames at a time.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::Thread;
+
+use crossbeam_channel::Sender;
+use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::{Error as WsError, Message, WebSocket};
+
+use crate::engine::{ClientShared, CloseReason};
+
+/// Largest message a client may send (decoder feedback is a few hundred bytes).
+pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+/// Replies (pongs, close) the writer has not sent yet before the client is cut off: a
+/// client that pings without reading is not allowed to grow this queue without bound.
+pub const MAX_PENDING_REPLIES: usize = 64;
+
+/// The reader's view of the socket: reads go to the socket, writes to the writer thread.
+struct ReplyRelay {
+    socket: TcpStream,
+    replies: Sender<Vec<u8>>,
+    writer: Thread,
+}
+
+impl Read for ReplyRelay {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.socket.read(buf)
+    }
+}
+
+impl Write for ReplyRelay {
+    /// tungstenite writes its whole output buffer (complete frames) per call, so each message
+    /// on the channel is a run of whole frames and cannot split one.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.replies.try_send(buf.to_vec()).map_err(|_| {
+            io::Error::other("client is not reading its replies")
+        })?;
+        self.writer.unpark();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads until the client closes, vanishes or misbehaves; then tells the writer.
+pub fn run(
+    socket: TcpStream,
+    replies: Sender<Vec<u8>>,
+    writer: Thread,
+    client: Arc<ClientShared>,
+    done: Arc<AtomicBool>,
+) {
+    let config = WebSocketConfig {
+        max_message_size: Some(MAX_CLIENT_MESSAGE),
+        max_frame_size: Some(MAX_CLIENT_MESSAGE),
+        ..WebSocketConfig::default()
+    };
+    let relay = ReplyRelay {
+        socket,
+        replies,
+        writer: writer.clone(),
+    };
+    let mut ws = WebSocket::from_raw_socket(relay, Role::Server, Some(config));
+    loop {
+        match ws.read() {
+            Ok(Message::Text(_) | Message::Binary(_)) => {
+                client.counters.messages_received.fetch_add(1, Relaxed);
+            }
+            // Pong replies and close replies are queued by tungstenite and flushed to the
+            // relay at the start of the next read.
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => {}
+            Err(WsError::Capacity(_)) => {
+                client.request_close(CloseReason::MessageTooBig);
+                break;
+            }
+            Err(WsError::Protocol(_) | WsError::Utf8) => {
+                client.request_close(CloseReason::ProtocolError);
+                break;
+            }
+            Err(_) => break, // closed, reset, or our own shutdown of the socket
+        }
+    }
+    done.store(true, Relaxed);
+    writer.unpark();
+}

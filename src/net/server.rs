@@ -1,0 +1,228 @@
+//! The HTTP server: one listening socket, tiny_http request parsing, a pool of worker threads,
+//! and a housekeeping thread (metrics collection, TTL cleanup).
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tiny_http::Request;
+
+use super::api;
+use super::http::header_value;
+use crate::codec::Metadata;
+use crate::engine::Registry;
+
+/// Network settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind (127.0.0.1 by default; 0.0.0.0 for lab networks).
+    pub host: String,
+    /// Port for HTTP and WebSocket (0 picks a free one).
+    pub port: u16,
+    /// Threads answering HTTP requests.
+    pub http_workers: usize,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// `Access-Control-Allow-Origin` value.
+    pub cors_origin: String,
+    /// How often expired sessions are removed.
+    pub cleanup_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            http_workers: 4,
+            max_body_bytes: 64 * 1024,
+            cors_origin: "*".into(),
+            cleanup_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What request handlers share.
+pub struct Context {
+    /// The sessions.
+    pub registry: Arc<Registry>,
+    /// Network settings.
+    pub config: ServerConfig,
+    /// Dataset description (the metadata message and `/api/metadata`).
+    pub metadata: Metadata,
+    /// Address actually bound.
+    pub local_addr: SocketAddr,
+    /// When the server started.
+    pub started: Instant,
+    stopping: AtomicBool,
+}
+
+impl Context {
+    /// `ws://host:port` (or `wss://` behind a TLS proxy that sets `X-Forwarded-Proto: https`),
+    /// using the request's Host header when there is one.
+    pub fn public_ws_base(&self, request: Option<&Request>) -> String {
+        let https = request
+            .and_then(|r| header_value(r, "X-Forwarded-Proto"))
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+        let scheme = if https { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.public_host(request))
+    }
+
+    fn public_host(&self, request: Option<&Request>) -> String {
+        let from_header = request
+            .and_then(|r| header_value(r, "Host"))
+            .map(str::trim)
+            .filter(|h| {
+                !h.is_empty()
+                    && h.len() <= 255
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+            });
+        match from_header {
+            Some(host) => host.to_string(),
+            None => self.local_addr.to_string(),
+        }
+    }
+
+    /// Whether the server is shutting down.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Relaxed)
+    }
+}
+
+/// A running server.
+pub struct Server {
+    ctx: Arc<Context>,
+    http: Arc<tiny_http::Server>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds the port and starts serving `registry`.
+    pub fn start(registry: Arc<Registry>, config: ServerConfig) -> io::Result<Self> {
+        let listener = bind(&config.host, config.port)?;
+        let local_addr = listener.local_addr()?;
+        let http = Arc::new(
+            tiny_http::Server::from_listener(listener, None)
+                .map_err(|e| io::Error::other(e.to_string()))?,
+        );
+        let table = registry.table();
+        let metadata = Metadata {
+            dataset: table.name().to_string(),
+            total_packets: table.num_bins(),
+            frequency_hz: 40,
+            num_channels: table.num_units(),
+            duration_seconds: table.duration_seconds(),
+            num_trials: table.trials().len(),
+        };
+        let ctx = Arc::new(Context {
+            registry,
+            config,
+            metadata,
+            local_addr,
+            started: Instant::now(),
+            stopping: AtomicBool::new(false),
+        });
+        let mut threads = Vec::new();
+        for n in 0..ctx.config.http_workers.max(1) {
+            let ctx = Arc::clone(&ctx);
+            let http = Arc::clone(&http);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("http-{n}"))
+                    .spawn(move || serve(&ctx, &http))?,
+            );
+        }
+        let housekeeping_ctx = Arc::clone(&ctx);
+        threads.push(
+            std::thread::Builder::new()
+                .name("housekeeping".into())
+                .spawn(move || housekeeping(&housekeeping_ctx))?,
+        );
+        Ok(Self { ctx, http, threads })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.ctx.local_addr
+    }
+
+    /// The sessions it serves.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.ctx.registry
+    }
+
+    /// Stops accepting, closes every client with 1001, stops every session, joins every
+    /// thread. Returns whether everything ended within `within`.
+    pub fn shut_down(self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        self.ctx.stopping.store(true, Relaxed);
+        let clients_done = self.ctx.registry.shut_down(deadline);
+        for _ in 0..self.threads.len() {
+            self.http.unblock();
+        }
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+        clients_done
+    }
+}
+
+fn bind(host: &str, port: u16) -> io::Result<TcpListener> {
+    let addr = (host, port).to_socket_addrs()?.next().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{host} resolves to no address"),
+        )
+    })?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    // Accepted sockets inherit TCP_NODELAY on Linux: HTTP replies and the 101 go out at once.
+    socket.set_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn serve(ctx: &Arc<Context>, http: &tiny_http::Server) {
+    while !ctx.is_stopping() {
+        match http.recv_timeout(Duration::from_millis(200)) {
+            Ok(Some(request)) => api::handle(ctx, request),
+            Ok(None) => {}
+            Err(e) => {
+                if ctx.is_stopping() {
+                    break;
+                }
+                log::warn!("HTTP accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Collects histograms every second (so recorders get their spares back and figures stay
+/// fresh) and removes expired sessions every `cleanup_interval`.
+fn housekeeping(ctx: &Context) {
+    let mut last_cleanup = Instant::now();
+    while !ctx.is_stopping() {
+        std::thread::park_timeout(Duration::from_millis(200));
+        for session in ctx.registry.sessions() {
+            session.state().collect();
+        }
+        if last_cleanup.elapsed() >= ctx.config.cleanup_interval {
+            last_cleanup = Instant::now();
+            let removed = ctx.registry.cleanup_expired();
+            if !removed.is_empty() {
+                log::info!(
+                    "removed {} expired session(s): {}",
+                    removed.len(),
+                    removed.join(", ")
+                );
+            }
+        }
+    }
+}

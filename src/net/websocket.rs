@@ -1,0 +1,271 @@
+//! WebSocket connect: checks, session attach, the 101 answer, and the client's two threads.
+//!
+//! Everything that can be refused is refused before the upgrade, as a normal HTTP error with
+//! a JSON `detail` (unknown filter 400, conflicting filter 409, limits 503), so clients see a
+//! reason rather than a dropped connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use rtrb::RingBuffer;
+use tiny_http::{Request, Response};
+use tungstenite::handshake::derive_accept_key;
+
+use super::http::{header, header_value, ApiError, Params};
+use super::reader::{self, MAX_PENDING_REPLIES};
+use super::server::Context;
+use super::socket::recover_tcp_stream;
+use super::writer::Writer;
+use crate::codec::{encode_metadata, Frame, SessionRef, WireFormat};
+use crate::engine::{
+    ClientEntry, ClientShared, CloseReason, Command, Filter, Session, Subscriber, HISTOGRAM_DIGITS,
+};
+use crate::metrics::{histogram_pipe, new_histogram};
+
+/// Stack of client threads: they hold little on the stack; 256 KiB leaves ample margin.
+const CLIENT_STACK: usize = 256 * 1024;
+
+/// Handles `GET /stream[/binary]/{code}`: answers errors itself, or upgrades and starts the
+/// client's threads.
+pub fn connect(ctx: &Arc<Context>, request: Request, code: &str, format: WireFormat, query: &str) {
+    let cors = ctx.config.cors_origin.clone();
+    match prepare(ctx, &request, code, format, query) {
+        Err(error) => {
+            let _ = request.respond(error.into_reply(&cors));
+        }
+        Ok(prepared) => upgrade(ctx, request, prepared),
+    }
+}
+
+struct Prepared {
+    accept_key: String,
+    session: Arc<Session>,
+    client: Arc<ClientShared>,
+    ticket: crate::engine::ClientTicket,
+    ring: (rtrb::Producer<Arc<Frame>>, rtrb::Consumer<Arc<Frame>>),
+    latency: crate::metrics::HistRecorder,
+    remote: SocketAddr,
+    stream_url: String,
+}
+
+fn prepare(
+    ctx: &Arc<Context>,
+    request: &Request,
+    code: &str,
+    format: WireFormat,
+    query: &str,
+) -> Result<Prepared, ApiError> {
+    let accept_key = check_handshake(request)?;
+    let remote = *request
+        .remote_addr()
+        .ok_or_else(|| ApiError::bad_request("WebSocket needs a TCP connection"))?;
+    let filter = requested_filter(ctx, &Params::parse(query, b"")?)?;
+    let registry = &ctx.registry;
+    let session = registry.get_or_create(code)?;
+    let (id, ticket) = registry.reserve_client()?;
+    let capacity = registry.config().ring_capacity;
+    let client = Arc::new(ClientShared::new(id, remote, format, capacity));
+    let (latency, collector) = histogram_pipe(HISTOGRAM_DIGITS);
+    let entry = ClientEntry {
+        shared: Arc::clone(&client),
+        latency: collector,
+        latency_total: new_histogram(HISTOGRAM_DIGITS),
+    };
+    let table = Arc::clone(registry.table());
+    session.attach(
+        entry,
+        filter,
+        registry.config().max_clients_per_session,
+        |f| {
+            Command::SetPlaylist(
+                match f {
+                    Filter::Trial(id) => table.playlist_for_trial(id),
+                    Filter::Target(id) => table.playlist_for_target(id),
+                }
+                .expect("filter was checked against the table"),
+            )
+        },
+    )?;
+    Ok(Prepared {
+        accept_key,
+        session,
+        client,
+        ticket,
+        ring: RingBuffer::new(capacity),
+        latency,
+        remote,
+        stream_url: format!("{}/stream/{code}", ctx.public_ws_base(Some(request))),
+    })
+}
+
+/// Checks the upgrade headers (RFC 6455 §4.2.1) and returns the `Sec-WebSocket-Accept` value.
+fn check_handshake(request: &Request) -> Result<String, ApiError> {
+    let has_token = |name: &str, token: &str| {
+        header_value(request, name).is_some_and(|v| {
+            v.split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    };
+    if !has_token("Upgrade", "websocket") || !has_token("Connection", "upgrade") {
+        return Err(ApiError::new(
+            426,
+            "this endpoint streams over WebSocket: connect with a WebSocket client (Upgrade: websocket)",
+        ));
+    }
+    if header_value(request, "Sec-WebSocket-Version").map(str::trim) != Some("13") {
+        return Err(ApiError::new(426, "unsupported WebSocket version: use 13"));
+    }
+    let key = header_value(request, "Sec-WebSocket-Key")
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key header"))?;
+    Ok(derive_accept_key(key.as_bytes()))
+}
+
+fn requested_filter(ctx: &Context, params: &Params) -> Result<Option<Filter>, ApiError> {
+    let table = ctx.registry.table();
+    match (params.u32("trial_id")?, params.u32("target_id")?) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "give trial_id or target_id, not both",
+        )),
+        (Some(trial), None) => match table.playlist_for_trial(trial) {
+            Some(_) => Ok(Some(Filter::Trial(trial))),
+            None => Err(ApiError::bad_request(format!(
+                "trial_id {trial} does not exist; see GET /api/trials"
+            ))),
+        },
+        (None, Some(target)) => match table.playlist_for_target(target) {
+            Some(_) => Ok(Some(Filter::Target(target))),
+            None => Err(ApiError::bad_request(format!(
+                "target_id {target} does not exist (targets: {:?})",
+                table.target_ids().collect::<Vec<_>>()
+            ))),
+        },
+        (None, None) => Ok(None),
+    }
+}
+
+fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
+    let Prepared {
+        accept_key,
+        session,
+        client,
+        ticket,
+        ring: (producer, consumer),
+        latency,
+        remote,
+        stream_url,
+    } = prepared;
+    let response = Response::empty(101).with_header(header("Sec-WebSocket-Accept", &accept_key));
+    let upgraded = request.upgrade("websocket", response);
+    let socket = match recover_tcp_stream(remote, ctx.local_addr.port()) {
+        Ok(socket) => socket,
+        Err(e) => {
+            log::error!("client {remote}: cannot take over its socket after upgrade: {e}");
+            session.detach(client.id);
+            return; // dropping `upgraded` closes the connection
+        }
+    };
+    let stall = ctx.registry.config().stall_timeout;
+    let configured = socket
+        .set_nodelay(true)
+        .and_then(|()| socket.set_write_timeout(Some(stall)))
+        .and_then(|()| socket.set_read_timeout(None));
+    let reader_socket = configured.and_then(|()| socket.try_clone());
+    let reader_socket = match reader_socket {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("client {remote}: socket setup failed: {e}");
+            session.detach(client.id);
+            return;
+        }
+    };
+
+    let metadata = metadata_frame(ctx, &session, client.format, stream_url);
+    let (replies_tx, replies_rx) = crossbeam_channel::bounded(MAX_PENDING_REPLIES);
+    let reader_done = Arc::new(AtomicBool::new(false));
+    let writer = Writer {
+        socket,
+        ring: consumer,
+        control: replies_rx,
+        client: Arc::clone(&client),
+        latency,
+        reader_done: Arc::clone(&reader_done),
+        _upgraded: upgraded,
+    };
+    let writer_ctx = Arc::clone(ctx);
+    let writer_session = Arc::clone(&session);
+    let writer_client = Arc::clone(&client);
+    let spawned = std::thread::Builder::new()
+        .name(format!("ws-w-{}", client.id))
+        .stack_size(CLIENT_STACK)
+        .spawn(move || {
+            let exit = writer.run(metadata);
+            log::debug!(
+                "client {} ({}) ended: {exit:?}",
+                writer_client.id,
+                writer_client.remote
+            );
+            writer_session.detach(writer_client.id);
+            writer_ctx.registry.untrack_writer(writer_client.id);
+            drop(ticket);
+        });
+    let writer_handle = match spawned {
+        Ok(handle) => handle,
+        Err(e) => {
+            log::error!("client {remote}: cannot spawn writer thread: {e}");
+            session.detach(client.id);
+            return;
+        }
+    };
+    let writer_thread = writer_handle.thread().clone();
+    ctx.registry
+        .track_writer(Arc::clone(&client), writer_thread.clone());
+    if ctx.registry.is_shutting_down() {
+        client.request_close(CloseReason::ServerShutdown);
+        writer_thread.unpark();
+    }
+    let subscriber = Subscriber::new(producer, Arc::clone(&client), writer_thread.clone());
+    if session.send(Command::Subscribe(subscriber)).is_err() {
+        client.request_close(CloseReason::TryAgainLater);
+        writer_thread.unpark();
+    }
+    let reader_client = Arc::clone(&client);
+    let spawned = std::thread::Builder::new()
+        .name(format!("ws-r-{}", client.id))
+        .stack_size(CLIENT_STACK)
+        .spawn(move || {
+            reader::run(
+                reader_socket,
+                replies_tx,
+                writer_thread,
+                reader_client,
+                reader_done,
+            )
+        });
+    if let Err(e) = spawned {
+        log::error!("client {remote}: cannot spawn reader thread: {e}");
+        client.request_close(CloseReason::TryAgainLater);
+    }
+    log::info!(
+        "client {} ({remote}) joined session {} ({})",
+        client.id,
+        session.code(),
+        client.format.name()
+    );
+}
+
+fn metadata_frame(ctx: &Context, session: &Session, format: WireFormat, url: String) -> Frame {
+    let session_ref = SessionRef {
+        code: session.code().to_string(),
+        url,
+    };
+    let mut frame = Frame::with_capacity(512);
+    if let Err(e) = frame.build(format.opcode(), |buf| {
+        encode_metadata(format, &ctx.metadata, &session_ref, buf)
+    }) {
+        log::error!("metadata could not be encoded: {e}");
+    }
+    frame
+}

@@ -1,0 +1,148 @@
+//! A client's writer thread: the only thread that writes to the client's socket.
+//!
+//! It sends the metadata message, then drains the client's ring of shared frames with
+//! blocking writes, interleaving (at frame boundaries only) the control frames the reader
+//! queues (pongs, close replies). It records tick→socket latency for each packet, and it
+//! closes the connection when asked (stall, shutdown, protocol error) or when the reader ends.
+
+use std::io::{self, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use rtrb::Consumer;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::{CloseFrame, Frame as WsFrame};
+
+use crate::codec::Frame;
+use crate::engine::{ClientShared, CloseReason};
+use crate::metrics::HistRecorder;
+
+/// How long the writer sleeps when idle before re-checking close requests.
+const IDLE_PARK: Duration = Duration::from_millis(100);
+/// Latency histograms are handed over at least this often.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+/// After sending a close frame, how long to wait for the client's reply.
+const CLOSE_GRACE: Duration = Duration::from_millis(300);
+
+/// Everything a writer thread owns.
+pub struct Writer {
+    /// The client's socket (a duplicate of the reader's).
+    pub socket: TcpStream,
+    /// Frames from the session's timing thread.
+    pub ring: Consumer<Arc<Frame>>,
+    /// Control frames (already encoded) from the reader.
+    pub control: Receiver<Vec<u8>>,
+    /// Shared client state.
+    pub client: Arc<ClientShared>,
+    /// Tick → socket latency.
+    pub latency: HistRecorder,
+    /// Set by the reader when it has ended (client closed or vanished).
+    pub reader_done: Arc<AtomicBool>,
+    /// Kept alive until the writer ends: dropping it shuts the connection down.
+    pub _upgraded: Box<dyn tiny_http::ReadWrite + Send>,
+}
+
+/// How a writer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterExit {
+    /// The server closed the connection for this reason.
+    Closed(CloseReason),
+    /// The client closed it or went away.
+    PeerGone,
+}
+
+impl Writer {
+    /// Sends `metadata`, then streams until the connection ends.
+    pub fn run(mut self, metadata: Frame) -> WriterExit {
+        let exit = self.stream(metadata);
+        if let WriterExit::Closed(reason) = exit {
+            self.close(reason);
+        }
+        self.latency.publish();
+        let _ = self.socket.shutdown(Shutdown::Both);
+        exit
+    }
+
+    fn stream(&mut self, metadata: Frame) -> WriterExit {
+        if self.write_counted(metadata.bytes()).is_err() {
+            return WriterExit::PeerGone;
+        }
+        let mut last_publish = Instant::now();
+        loop {
+            if let Some(reason) = self.client.close_requested() {
+                return WriterExit::Closed(reason);
+            }
+            // Read the flag before draining: replies the reader queued before it finished
+            // (a close reply) are then sure to be written.
+            let reader_done = self.reader_done.load(Relaxed);
+            while let Ok(bytes) = self.control.try_recv() {
+                if let Err(e) = self.write_counted(&bytes) {
+                    return self.failed(e);
+                }
+            }
+            if reader_done {
+                return WriterExit::PeerGone;
+            }
+            let mut wrote = false;
+            while let Ok(frame) = self.ring.pop() {
+                if let Err(e) = self.write_counted(frame.bytes()) {
+                    return self.failed(e);
+                }
+                self.latency.record(frame.tick.elapsed().as_nanos() as u64);
+                self.client.counters.packets_sent.fetch_add(1, Relaxed);
+                wrote = true;
+            }
+            if last_publish.elapsed() >= PUBLISH_EVERY {
+                self.latency.publish();
+                last_publish = Instant::now();
+            }
+            if !wrote && self.control.is_empty() {
+                // unpark() from the timing thread or reader ends this early; a token left by
+                // an unpark that raced with the ring check makes it return at once.
+                std::thread::park_timeout(IDLE_PARK);
+            }
+        }
+    }
+
+    fn write_counted(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.socket.write_all(bytes)?;
+        self.client
+            .counters
+            .bytes_sent
+            .fetch_add(bytes.len() as u64, Relaxed);
+        Ok(())
+    }
+
+    /// A failed write: a timeout means the client stopped reading; anything else means it left.
+    fn failed(&self, error: io::Error) -> WriterExit {
+        match error.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                self.client.request_close(CloseReason::Stalled);
+                WriterExit::Closed(CloseReason::Stalled)
+            }
+            _ => WriterExit::PeerGone,
+        }
+    }
+
+    /// Sends a close frame (best effort, short timeout) and waits briefly for the reply.
+    fn close(&mut self, reason: CloseReason) {
+        let frame = WsFrame::close(Some(CloseFrame {
+            code: CloseCode::from(reason.code()),
+            reason: reason.text().into(),
+        }));
+        let mut bytes = Vec::with_capacity(2 + 2 + reason.text().len());
+        if frame.format(&mut bytes).is_ok() {
+            let _ = self
+                .socket
+                .set_write_timeout(Some(Duration::from_millis(100)));
+            let _ = self.socket.write_all(&bytes);
+        }
+        let deadline = Instant::now() + CLOSE_GRACE;
+        while !self.reader_done.load(Relaxed) && Instant::now() < deadline {
+            std::thread::park_timeout(Duration::from_millis(10));
+        }
+    }
+}
