@@ -141,9 +141,15 @@ impl PacketTable {
             return Err(invalid("the recording has no bins".into()));
         }
         if bins > (u32::MAX - 1) as usize {
-            return Err(invalid(format!("{bins} bins is more than a table can index")));
+            return Err(invalid(format!(
+                "{bins} bins is more than a table can index"
+            )));
         }
-        for (name, len) in [("y", rec.y.len()), ("vx", rec.vx.len()), ("vy", rec.vy.len())] {
+        for (name, len) in [
+            ("y", rec.y.len()),
+            ("vx", rec.vx.len()),
+            ("vy", rec.vy.len()),
+        ] {
             if len != bins {
                 return Err(invalid(format!(
                     "kinematic column {name} has {len} bins, x has {bins}"
@@ -177,7 +183,9 @@ impl PacketTable {
 
         let trial_bins: Vec<Range<u32>> = trials
             .iter()
-            .map(|t| first_bin_at_or_after(t.start_time, bins)..first_bin_at_or_after(t.stop_time, bins))
+            .map(|t| {
+                first_bin_at_or_after(t.start_time, bins)..first_bin_at_or_after(t.stop_time, bins)
+            })
             .collect();
         // A later trial wins where two overlap: the newest target is the one being reached for.
         let mut bin_trial = vec![NO_TRIAL; bins];
@@ -192,7 +200,10 @@ impl PacketTable {
                 if trial == NO_TRIAL {
                     return f64::NAN;
                 }
-                match (trials[trial as usize].target_x, trials[trial as usize].target_y) {
+                match (
+                    trials[trial as usize].target_x,
+                    trials[trial as usize].target_y,
+                ) {
                     (Some(tx), Some(ty)) => (tx - rec.x[bin]).hypot(ty - rec.y[bin]),
                     _ => f64::NAN,
                 }
@@ -227,7 +238,7 @@ impl PacketTable {
             trial_by_id,
             trial_bins,
             by_target,
-            everything: Arc::from(vec![0..bins as u32]),
+            everything: std::iter::once(0..bins as u32).collect(),
             channel_ids: (0..rec.num_units as u32).collect(),
         })
     }
@@ -402,8 +413,13 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // one-range playlists are the point
     fn playlists_cover_trial_bins() {
-        let trials = vec![trial(1, 0.0, 0.05, 2), trial(2, 0.1, 0.2, 2), trial(3, 0.2, 0.25, 5)];
+        let trials = vec![
+            trial(1, 0.0, 0.05, 2),
+            trial(2, 0.1, 0.2, 2),
+            trial(3, 0.2, 0.25, 5),
+        ];
         let table = PacketTable::new(recording(10, trials)).unwrap();
         assert_eq!(&*table.playlist_for_trial(2).unwrap(), &[4..8]);
         assert_eq!(&*table.playlist_for_target(2).unwrap(), &[0..2, 4..8]);
@@ -419,6 +435,9 @@ mod tests {
         let err = PacketTable::new(rec).unwrap_err().to_string();
         assert!(err.contains("vy"), "{err}");
         let dup = recording(10, vec![trial(1, 0.0, 0.1, 0), trial(1, 0.1, 0.2, 0)]);
-        assert!(PacketTable::new(dup).unwrap_err().to_string().contains("twice"));
+        assert!(PacketTable::new(dup)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
     }
 }
