@@ -238,7 +238,7 @@ impl PacketTable {
             trial_by_id,
             trial_bins,
             by_target,
-            everything: Arc::from(vec![0..bins as u32]),
+            everything: std::iter::once(0..bins as u32).collect(),
             channel_ids: (0..rec.num_units as u32).collect(),
         })
     }
@@ -414,6 +414,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // one-range playlists are the point
     fn playlists_cover_trial_bins() {
         let trials = vec![
             trial(1, 0.0, 0.05, 2),
