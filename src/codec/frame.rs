@@ -86,7 +86,7 @@ mod tests {
         let mut frame = Frame::with_capacity(16);
         frame
             .build(0x2, |buf| {
-                buf.extend(std::iter::repeat(7u8).take(len));
+                buf.extend(std::iter::repeat_n(7u8, len));
                 Ok::<_, Infallible>(())
             })
             .unwrap();
