@@ -111,7 +111,7 @@ impl TimingLoop {
     pub fn run(mut self) {
         self.status.running.store(true, Relaxed);
         loop {
-            let Some((t0, n)) = self.schedule else {
+            let Some(deadline) = self.next_deadline() else {
                 // Not playing: nothing to be punctual about, so block for the next command.
                 match self.commands.recv() {
                     Ok(command) => {
@@ -123,37 +123,51 @@ impl TimingLoop {
                     Err(_) => break,
                 }
             };
-            let deadline = t0 + PERIOD * n;
             let listened = !self.subscribers.is_empty();
             if listened {
                 self.fine.sleep_until(deadline);
             } else {
                 self.coarse.sleep_until(deadline);
             }
-            let woke = Instant::now();
-            let late = woke.saturating_duration_since(deadline);
-            if listened {
-                self.lateness.record(late.as_nanos() as u64);
-            }
-            if self.drain_commands() == TickOutcome::Shutdown {
+            if self.on_wake(deadline, Instant::now()) == TickOutcome::Shutdown {
                 break;
-            }
-            if self.schedule.is_none() {
-                continue; // paused or stopped by a command
-            }
-            self.tick(woke);
-            self.schedule = if late > CATCH_UP_LIMIT {
-                self.status.schedule_resets.fetch_add(1, Relaxed);
-                Some((self.aligned_start(woke), 0))
-            } else {
-                Some((t0, n + 1))
-            };
-            if u64::from(n) % PUBLISH_EVERY == 0 {
-                self.lateness.publish();
             }
         }
         self.lateness.publish();
         self.status.running.store(false, Relaxed);
+    }
+
+    /// Everything a tick does after its sleep: record lateness, apply commands, play a row,
+    /// advance the schedule, hand over histograms now and then. This is the steady-state
+    /// path that must not allocate or lock; `tests/no_alloc_tick.rs` drives it directly.
+    pub fn on_wake(&mut self, deadline: Instant, woke: Instant) -> TickOutcome {
+        let late = woke.saturating_duration_since(deadline);
+        // With nobody listening the sleep was coarse on purpose; its lateness says nothing.
+        if !self.subscribers.is_empty() {
+            self.lateness.record(late.as_nanos() as u64);
+        }
+        if self.drain_commands() == TickOutcome::Shutdown {
+            return TickOutcome::Shutdown;
+        }
+        let Some((t0, n)) = self.schedule else {
+            return TickOutcome::Continue; // paused or stopped by a command
+        };
+        self.tick(woke);
+        self.schedule = if late > CATCH_UP_LIMIT {
+            self.status.schedule_resets.fetch_add(1, Relaxed);
+            Some((self.aligned_start(woke), 0))
+        } else {
+            Some((t0, n + 1))
+        };
+        if u64::from(n) % PUBLISH_EVERY == 0 {
+            self.lateness.publish();
+        }
+        TickOutcome::Continue
+    }
+
+    /// The deadline of the next tick, if playing.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.schedule.map(|(t0, n)| t0 + PERIOD * n)
     }
 
     /// Applies every queued command. Lock-free: `try_recv` on a bounded channel whose senders
