@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::time::SystemTime;
 
 use crate::codec::WireFormat;
+use crate::metrics::histogram::{AtomicHistogram, LATENCY};
 
 /// Why the server closes a client, with its WebSocket close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +98,10 @@ pub struct ClientShared {
     pub ring_capacity: usize,
     /// Its counters.
     pub counters: ClientCounters,
+    /// Tick → write to its socket returned, ns.
+    pub latency: AtomicHistogram,
+    /// Tick → its writer took the packet from the ring, ns.
+    pub ring_wait: AtomicHistogram,
     close: AtomicU8,
 }
 
@@ -110,6 +115,8 @@ impl ClientShared {
             connected_at: SystemTime::now(),
             ring_capacity,
             counters: ClientCounters::default(),
+            latency: AtomicHistogram::new(LATENCY),
+            ring_wait: AtomicHistogram::new(LATENCY),
             close: AtomicU8::new(0),
         }
     }
@@ -124,6 +131,14 @@ impl ClientShared {
     /// The close asked for, if any.
     pub fn close_requested(&self) -> Option<CloseReason> {
         CloseReason::from_u8(self.close.load(Relaxed))
+    }
+
+    /// Bytes this client's state holds (histograms, ring slots, the struct itself).
+    pub fn heap_bytes(&self) -> usize {
+        self.latency.heap_bytes()
+            + self.ring_wait.heap_bytes()
+            + self.ring_capacity * std::mem::size_of::<usize>()
+            + std::mem::size_of::<Self>()
     }
 
     /// Records that the ring held `occupancy` packets; keeps the maximum.

@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use super::Subscriber;
 
+/// Bin ranges a session plays in order, looping. Built once by the packet table and shared.
+pub type Playlist = Arc<[Range<u32>]>;
+
 /// A playback filter: which bins a session plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filter {
@@ -37,7 +40,7 @@ pub enum Command {
     /// Pause and rewind to the start of the playlist.
     Stop,
     /// Play these bin ranges from their start, looping; `None` means the whole recording.
-    SetPlaylist(Arc<[Range<u32>]>),
+    SetPlaylist(Playlist),
     /// End the timing thread.
     Shutdown,
 }

@@ -9,8 +9,8 @@
 //!
 //! - **No lock a network thread can hold.** Control (pause, resume, seek, filter, subscribe)
 //!   arrives through a bounded crossbeam channel that the tick drains with `try_recv`;
-//!   status and counters go out through atomics; histograms go out through rtrb rings
-//!   ([`crate::metrics::histogram`]).
+//!   status, counters and latency histograms go out through atomics
+//!   ([`crate::metrics::histogram::AtomicHistogram`]).
 //! - **No I/O.** Writers own the sockets; the tick only pushes into rings and unparks them.
 //! - **No allocation in steady state.** Frames come from a per-format pool and are reused once
 //!   every client has let go of them; rings and subscriber lists are sized at subscribe time.
@@ -32,12 +32,9 @@ mod session;
 mod timing;
 
 pub use client::{ClientCounters, ClientShared, CloseReason};
-pub use command::{Command, Filter};
+pub use command::{Command, Filter, Playlist};
 pub use fanout::Subscriber;
 pub use playback::{Playback, SeekError};
 pub use registry::{validate_code, ClientTicket, EngineConfig, Registry, RegistryError};
-pub use session::{
-    AttachError, ClientEntry, DepartedTotals, Session, SessionBusy, SessionState, SessionStatus,
-    HISTOGRAM_DIGITS,
-};
+pub use session::{AttachError, DepartedTotals, Session, SessionBusy, SessionState, SessionStatus};
 pub use timing::{TickOutcome, TimingConfig, TimingLoop, PERIOD};

@@ -12,11 +12,9 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use super::realtime::{self, RealtimeMode};
-use super::session::HISTOGRAM_DIGITS;
 use super::timing::TimingConfig;
 use super::{ClientShared, CloseReason, Session, SessionStatus, TimingLoop};
 use crate::dataset::PacketTable;
-use crate::metrics::histogram_pipe;
 
 /// Commands a session can have queued before senders are told it is busy.
 const COMMAND_QUEUE: usize = 256;
@@ -276,8 +274,7 @@ impl Registry {
     fn spawn_session(&self, code: String) -> Session {
         let index = self.next_index.fetch_add(1, Relaxed);
         let (commands_tx, commands_rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
-        let status = Arc::new(SessionStatus::default());
-        let (recorder, collector) = histogram_pipe(HISTOGRAM_DIGITS);
+        let status = Arc::new(SessionStatus::new());
         let config = TimingConfig {
             phase: phase_for(index),
             epoch: self.epoch,
@@ -290,7 +287,6 @@ impl Registry {
             Arc::clone(&self.table),
             commands_rx,
             Arc::clone(&status),
-            recorder,
             config,
         );
         let core = (!self.config.cores.is_empty())
@@ -312,7 +308,7 @@ impl Registry {
                 timing.run();
             })
             .expect("spawning a timing thread");
-        Session::new(code, commands_tx, status, collector, handle)
+        Session::new(code, commands_tx, status, handle)
     }
 
     /// Reserves a place for one more client, under the server-wide limit.

@@ -1,25 +1,24 @@
 //! One session: its timing thread's handle, its status, and its clients.
 //!
-//! The timing thread publishes through [`SessionStatus`] (atomics) and histogram pipes; it
+//! The timing thread publishes through [`SessionStatus`] (atomics and atomic histograms); it
 //! never touches [`SessionState`], whose mutex is taken only by network threads (HTTP
-//! handlers, client writers on departure, `/metrics`).
+//! handlers, client writers on departure, `/metrics`, housekeeping).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed,
+};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 
-use super::{ClientShared, Command, Filter};
-use crate::metrics::histogram::merge;
-use crate::metrics::{new_histogram, Hist, HistCollector};
+use super::{ClientShared, Command, Filter, Playlist};
+use crate::metrics::histogram::{AtomicHistogram, LATENCY, LATENESS};
+use crate::metrics::window::Windows;
 
-/// Significant digits of latency histograms (HDR: 3 digits = 0.1 % resolution).
-pub const HISTOGRAM_DIGITS: u8 = 3;
-
-/// What a session's timing thread publishes, lock-free.
-#[derive(Debug, Default)]
+/// What a session's timing thread (and its clients' writers) publish, lock-free.
+#[derive(Debug)]
 pub struct SessionStatus {
     /// Bin the next tick plays.
     pub position: AtomicU32,
@@ -44,19 +43,45 @@ pub struct SessionStatus {
     /// Subscribers the timing thread is pushing to.
     pub subscribers: AtomicUsize,
     /// Core the timing thread is pinned to, or -1.
-    pub core: std::sync::atomic::AtomicI64,
+    pub core: AtomicI64,
     /// The timing thread runs SCHED_FIFO.
     pub fifo: AtomicBool,
+    /// Clients closed because they stalled.
+    pub clients_stalled: AtomicU64,
+    /// Tick lateness (wake − deadline), ns, for ticks with at least one client.
+    pub lateness: AtomicHistogram,
+    /// Tick → socket latency of every packet to every client, departed ones included, ns.
+    pub latency: AtomicHistogram,
 }
 
-/// One client as the session's network side keeps it.
-pub struct ClientEntry {
-    /// State shared with the timing thread and writer.
-    pub shared: Arc<ClientShared>,
-    /// Network latency (tick → write returned) from the writer.
-    pub latency: HistCollector,
-    /// Everything drained from `latency` so far.
-    pub latency_total: Hist,
+impl SessionStatus {
+    /// A status with nothing recorded.
+    pub fn new() -> Self {
+        Self {
+            position: AtomicU32::new(0),
+            sequence: AtomicU64::new(0),
+            paused: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            packets_generated: AtomicU64::new(0),
+            frame_pool_misses: AtomicU64::new(0),
+            frame_pool_bytes: AtomicUsize::new(0),
+            schedule_resets: AtomicU64::new(0),
+            encode_errors: AtomicU64::new(0),
+            subscribers: AtomicUsize::new(0),
+            core: AtomicI64::new(-1),
+            fifo: AtomicBool::new(false),
+            clients_stalled: AtomicU64::new(0),
+            lateness: AtomicHistogram::new(LATENESS),
+            latency: AtomicHistogram::new(LATENCY),
+        }
+    }
+}
+
+impl Default for SessionStatus {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Totals of clients that have left, so session figures never go backwards.
@@ -73,35 +98,18 @@ pub struct DepartedTotals {
 }
 
 /// Network-side state of a session.
+#[derive(Default)]
 pub struct SessionState {
     /// Filter being played, if any.
     pub filter: Option<Filter>,
     /// Connected clients.
-    pub clients: Vec<ClientEntry>,
-    /// Tick lateness from the timing thread.
-    pub lateness: HistCollector,
-    /// Everything drained from `lateness`.
-    pub lateness_total: Hist,
-    /// Network latency of every client, departed ones included.
-    pub latency_total: Hist,
+    pub clients: Vec<Arc<ClientShared>>,
     /// Totals of departed clients.
     pub departed: DepartedTotals,
-}
-
-impl SessionState {
-    /// Moves everything the recorders have published into the totals.
-    pub fn collect(&mut self) {
-        let total = &mut self.lateness_total;
-        self.lateness.drain(|h| merge(total, h));
-        let session_total = &mut self.latency_total;
-        for client in &mut self.clients {
-            let client_total = &mut client.latency_total;
-            client.latency.drain(|h| {
-                merge(client_total, h);
-                merge(session_total, h);
-            });
-        }
-    }
+    /// Sliding windows over the session's lateness histogram.
+    pub lateness_windows: Windows,
+    /// Sliding windows over the session's latency histogram.
+    pub latency_windows: Windows,
 }
 
 /// Why a command could not be delivered.
@@ -132,7 +140,6 @@ impl Session {
         code: String,
         commands: Sender<Command>,
         status: Arc<SessionStatus>,
-        lateness: HistCollector,
         thread: JoinHandle<()>,
     ) -> Self {
         Self {
@@ -142,14 +149,7 @@ impl Session {
             last_active: Mutex::new(Instant::now()),
             commands,
             status,
-            state: Mutex::new(SessionState {
-                filter: None,
-                clients: Vec::new(),
-                lateness,
-                lateness_total: new_histogram(HISTOGRAM_DIGITS),
-                latency_total: new_histogram(HISTOGRAM_DIGITS),
-                departed: DepartedTotals::default(),
-            }),
+            state: Mutex::new(SessionState::default()),
             thread: Mutex::new(Some(thread)),
         }
     }
@@ -212,16 +212,15 @@ impl Session {
     /// happen under one lock, so two clients asking for different filters cannot both win.
     pub fn attach(
         &self,
-        entry: ClientEntry,
-        filter: Option<Filter>,
+        client: Arc<ClientShared>,
+        filter: Option<(Filter, Playlist)>,
         max_clients: usize,
-        playlist: impl FnOnce(Filter) -> Command,
     ) -> Result<(), AttachError> {
         let mut state = self.state();
         if state.clients.len() >= max_clients {
             return Err(AttachError::SessionFull { max_clients });
         }
-        if let Some(wanted) = filter {
+        if let Some((wanted, playlist)) = filter {
             if state.filter != Some(wanted) {
                 if !state.clients.is_empty() {
                     return Err(AttachError::FilterConflict {
@@ -229,23 +228,22 @@ impl Session {
                         wanted,
                     });
                 }
-                self.send(playlist(wanted))?;
+                self.send(Command::SetPlaylist(playlist))?;
                 state.filter = Some(wanted);
             }
         }
-        state.clients.push(entry);
+        state.clients.push(client);
         drop(state);
         self.touch();
         Ok(())
     }
 
-    /// Removes a client, folding its figures into the session's totals.
+    /// Removes a client, folding its counters into the session's totals.
     pub fn detach(&self, client_id: u64) {
         let mut state = self.state();
-        state.collect();
-        if let Some(index) = state.clients.iter().position(|c| c.shared.id == client_id) {
-            let entry = state.clients.swap_remove(index);
-            let counters = &entry.shared.counters;
+        if let Some(index) = state.clients.iter().position(|c| c.id == client_id) {
+            let client = state.clients.swap_remove(index);
+            let counters = &client.counters;
             state.departed.packets_sent += counters.packets_sent.load(Relaxed);
             state.departed.dropped_packets += counters.dropped_packets.load(Relaxed);
             state.departed.bytes_sent += counters.bytes_sent.load(Relaxed);
@@ -253,6 +251,30 @@ impl Session {
         }
         drop(state);
         self.touch();
+    }
+
+    /// Cuts sliding-window intervals when due (housekeeping calls this).
+    pub fn rotate_windows(&self, now: Instant) {
+        let mut state = self.state();
+        state
+            .lateness_windows
+            .maybe_rotate(&self.status.lateness, now);
+        state
+            .latency_windows
+            .maybe_rotate(&self.status.latency, now);
+    }
+
+    /// Bytes this session really holds: frame pools, histograms, windows, clients
+    /// (`state` is this session's state, already locked by the caller).
+    pub fn heap_bytes(&self, state: &SessionState) -> usize {
+        self.status.frame_pool_bytes.load(Relaxed)
+            + self.status.lateness.heap_bytes()
+            + self.status.latency.heap_bytes()
+            + state.lateness_windows.heap_bytes()
+            + state.latency_windows.heap_bytes()
+            + state.clients.iter().map(|c| c.heap_bytes()).sum::<usize>()
+            + std::mem::size_of::<Self>()
+            + std::mem::size_of::<SessionStatus>()
     }
 
     /// Stops the timing thread and waits for it (at most `timeout` for the command to go in).

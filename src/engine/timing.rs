@@ -12,7 +12,6 @@ use super::fanout::{Delivery, FramePool};
 use super::{Command, Playback, SessionStatus, Subscriber};
 use crate::codec::{encode_data, DataPacket, WireFormat};
 use crate::dataset::{PacketTable, BIN_MS};
-use crate::metrics::HistRecorder;
 
 /// Packet period: 25 ms.
 pub const PERIOD: Duration = Duration::from_micros((BIN_MS * 1000.0) as u64);
@@ -20,9 +19,6 @@ pub const PERIOD: Duration = Duration::from_micros((BIN_MS * 1000.0) as u64);
 /// A tick later than this re-anchors the schedule instead of bursting to catch up
 /// (a suspended machine, a debugger); the lateness is still recorded.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(1);
-
-/// Lateness histograms are handed to the collector every this many ticks (250 ms).
-const PUBLISH_EVERY: u64 = 10;
 
 /// Starting size of a frame buffer; a 142-unit JSON packet is about 1.3 kB, and a buffer
 /// that proves too small grows once and keeps its size.
@@ -60,7 +56,6 @@ pub struct TimingLoop {
     table: Arc<PacketTable>,
     commands: Receiver<Command>,
     status: Arc<SessionStatus>,
-    lateness: HistRecorder,
     config: TimingConfig,
     playback: Playback,
     subscribers: Vec<Subscriber>,
@@ -81,7 +76,6 @@ impl TimingLoop {
         table: Arc<PacketTable>,
         commands: Receiver<Command>,
         status: Arc<SessionStatus>,
-        lateness: HistRecorder,
         config: TimingConfig,
     ) -> Self {
         let playback = Playback::new(table.playlist_all());
@@ -91,7 +85,6 @@ impl TimingLoop {
             table,
             commands,
             status,
-            lateness,
             subscribers: Vec::with_capacity(config.max_clients),
             playback,
             per_format: [0; 2],
@@ -133,18 +126,17 @@ impl TimingLoop {
                 break;
             }
         }
-        self.lateness.publish();
         self.status.running.store(false, Relaxed);
     }
 
     /// Everything a tick does after its sleep: record lateness, apply commands, play a row,
-    /// advance the schedule, hand over histograms now and then. This is the steady-state
+    /// advance the schedule. This is the steady-state
     /// path that must not allocate or lock; `tests/no_alloc_tick.rs` drives it directly.
     pub fn on_wake(&mut self, deadline: Instant, woke: Instant) -> TickOutcome {
         let late = woke.saturating_duration_since(deadline);
         // With nobody listening the sleep was coarse on purpose; its lateness says nothing.
         if !self.subscribers.is_empty() {
-            self.lateness.record(late.as_nanos() as u64);
+            self.status.lateness.record(late.as_nanos() as u64);
         }
         if self.drain_commands() == TickOutcome::Shutdown {
             return TickOutcome::Shutdown;
@@ -159,9 +151,6 @@ impl TimingLoop {
         } else {
             Some((t0, n + 1))
         };
-        if u64::from(n) % PUBLISH_EVERY == 0 {
-            self.lateness.publish();
-        }
         TickOutcome::Continue
     }
 

@@ -1,105 +1,186 @@
-//! HDR histograms handed from a recording thread to readers through a pair of rtrb rings.
+//! Lock-free HDR histograms: recorded with one relaxed atomic add, read at any time.
 //!
-//! The recorder owns the histogram it records into. Every so often it swaps it for a spare
-//! that the collector has emptied and returned, and pushes the full one to the collector.
-//! Exactly two histograms circulate, so each ring holds at most one and a push can never
-//! fail: the recorder never waits and never allocates, and a reader that is slow or absent
-//! only delays when the recorder's numbers become visible, it never loses them.
+//! The bucket layout is HdrHistogram's (same index math as the `hdrhistogram` crate), but the
+//! counts are atomics, so a timing thread or writer records without a lock, without
+//! allocating and without ever waiting for a reader; readers take a snapshot into an ordinary
+//! `hdrhistogram::Histogram` with the same configuration, where every count lands in exactly
+//! the bucket it was recorded in. A snapshot taken while values are being recorded may miss
+//! the values of that instant; it never invents or loses any afterwards.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use hdrhistogram::Histogram;
-use rtrb::{Consumer, Producer, RingBuffer};
 
-/// Histogram of nanoseconds.
+/// Histogram of nanoseconds (reader side).
 pub type Hist = Histogram<u64>;
 
-/// Highest value a histogram tracks: 60 s. Larger values are clamped to it and still counted,
-/// so a stall of minutes shows as "≥ 60 s", never as missing.
-pub const HIGHEST_TRACKABLE_NS: u64 = 60_000_000_000;
-
-/// A histogram of nanoseconds from 1 ns to 60 s with `significant_digits` (1–5) of precision.
-pub fn new_histogram(significant_digits: u8) -> Hist {
-    Histogram::new_with_bounds(1, HIGHEST_TRACKABLE_NS, significant_digits)
-        .expect("bounds 1..60 s with 1-5 significant digits are valid")
+/// Range and precision of a histogram of nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistConfig {
+    /// Smallest value told apart from 0 (resolution at the bottom of the range).
+    pub lowest: u64,
+    /// Largest value tracked; larger values are counted as this one.
+    pub highest: u64,
+    /// Significant decimal digits kept at every magnitude.
+    pub digits: u8,
 }
 
-/// Recording end of a histogram pipe; lives on the recording thread.
-pub struct HistRecorder {
-    current: Hist,
-    full: Producer<Hist>,
-    spare: Consumer<Hist>,
+/// Tick lateness: 1 ns resolution, 3 significant digits, up to 2^30 ns (1.07 s); later ticks
+/// also re-anchor the schedule and are counted in `schedule_resets`. 90 KiB of counts.
+pub const LATENESS: HistConfig = HistConfig {
+    lowest: 1,
+    highest: 1 << 30,
+    digits: 3,
+};
+
+/// Network latency and ring wait: 1 µs resolution, 2 significant digits (1 %), up to 60 s.
+/// 10.5 KiB of counts, so every client can afford its own.
+pub const LATENCY: HistConfig = HistConfig {
+    lowest: 1_000,
+    highest: 60_000_000_000,
+    digits: 2,
+};
+
+/// An HDR histogram with atomic counts.
+#[derive(Debug)]
+pub struct AtomicHistogram {
+    config: HistConfig,
+    counts: Box<[AtomicU32]>,
+    total: AtomicU64,
+    unit_magnitude: u32,
+    sub_bucket_half_count_magnitude: u32,
+    sub_bucket_half_count: u64,
+    sub_bucket_mask: u64,
+    leading_zero_count_base: u32,
 }
 
-/// Reading end of a histogram pipe; lives with whoever aggregates (network threads).
-pub struct HistCollector {
-    full: Consumer<Hist>,
-    spare: Producer<Hist>,
-}
-
-/// A recorder and its collector, sharing two histograms of `significant_digits`.
-pub fn histogram_pipe(significant_digits: u8) -> (HistRecorder, HistCollector) {
-    let (full_tx, full_rx) = RingBuffer::new(1);
-    let (mut spare_tx, spare_rx) = RingBuffer::new(1);
-    spare_tx
-        .push(new_histogram(significant_digits))
-        .expect("a fresh ring of one has room for one");
-    (
-        HistRecorder {
-            current: new_histogram(significant_digits),
-            full: full_tx,
-            spare: spare_rx,
-        },
-        HistCollector {
-            full: full_rx,
-            spare: spare_tx,
-        },
-    )
-}
-
-impl HistRecorder {
-    /// Records one value in nanoseconds; values above 60 s count as 60 s.
-    #[inline]
-    pub fn record(&mut self, nanos: u64) {
-        self.current.saturating_record(nanos.max(1));
+impl AtomicHistogram {
+    /// An empty histogram. Panics on a configuration `hdrhistogram` would refuse (a bug).
+    pub fn new(config: HistConfig) -> Self {
+        assert!(config.lowest >= 1 && config.highest >= 2 * config.lowest && config.digits <= 5);
+        let unit_magnitude = config.lowest.ilog2();
+        let largest_single_unit = 2 * 10u64.pow(u32::from(config.digits));
+        let sub_bucket_count_magnitude = largest_single_unit.next_power_of_two().ilog2();
+        let sub_bucket_half_count_magnitude = sub_bucket_count_magnitude.max(1) - 1;
+        let sub_bucket_count = 1u64 << (sub_bucket_half_count_magnitude + 1);
+        let sub_bucket_half_count = sub_bucket_count / 2;
+        let sub_bucket_mask = (sub_bucket_count - 1) << unit_magnitude;
+        let mut smallest_untrackable = sub_bucket_count << unit_magnitude;
+        let mut buckets = 1u64;
+        while smallest_untrackable <= config.highest {
+            if smallest_untrackable > u64::MAX / 2 {
+                buckets += 1;
+                break;
+            }
+            smallest_untrackable <<= 1;
+            buckets += 1;
+        }
+        let len = ((buckets + 1) * sub_bucket_half_count) as usize;
+        Self {
+            config,
+            counts: (0..len).map(|_| AtomicU32::new(0)).collect(),
+            total: AtomicU64::new(0),
+            unit_magnitude,
+            sub_bucket_half_count_magnitude,
+            sub_bucket_half_count,
+            sub_bucket_mask,
+            leading_zero_count_base: 64 - unit_magnitude - sub_bucket_half_count_magnitude - 1,
+        }
     }
 
-    /// Hands what was recorded since the last publish to the collector, if the collector has
-    /// returned the spare; otherwise keeps recording into the same histogram. Lock-free,
-    /// allocation-free.
-    pub fn publish(&mut self) {
-        if self.current.is_empty() {
-            return;
+    /// Counts one value (nanoseconds). Wait-free: two relaxed atomic adds, no allocation.
+    #[inline]
+    pub fn record(&self, nanos: u64) {
+        let index = self.index_for(nanos.min(self.config.highest));
+        self.counts[index].fetch_add(1, Relaxed);
+        self.total.fetch_add(1, Relaxed);
+    }
+
+    #[inline]
+    fn index_for(&self, value: u64) -> usize {
+        let bucket = self.leading_zero_count_base - (value | self.sub_bucket_mask).leading_zeros();
+        let sub_bucket = value >> (bucket + self.unit_magnitude);
+        (((u64::from(bucket) + 1) << self.sub_bucket_half_count_magnitude) + sub_bucket
+            - self.sub_bucket_half_count) as usize
+    }
+
+    fn value_from_index(&self, index: usize) -> u64 {
+        let index = index as u64;
+        let mut bucket = (index >> self.sub_bucket_half_count_magnitude) as i64 - 1;
+        let mut sub_bucket =
+            (index & (self.sub_bucket_half_count - 1)) + self.sub_bucket_half_count;
+        if bucket < 0 {
+            sub_bucket -= self.sub_bucket_half_count;
+            bucket = 0;
         }
-        if let Ok(spare) = self.spare.pop() {
-            let full = std::mem::replace(&mut self.current, spare);
-            // Cannot fail: a spare was available, so the collector already took the last full.
-            if let Err(rtrb::PushError::Full(full)) = self.full.push(full) {
-                let spare = std::mem::replace(&mut self.current, full);
-                drop(spare); // unreachable by the pool invariant; keep the data either way
+        sub_bucket << (bucket as u32 + self.unit_magnitude)
+    }
+
+    /// Values recorded so far.
+    pub fn len(&self) -> u64 {
+        self.total.load(Relaxed)
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> HistConfig {
+        self.config
+    }
+
+    /// An empty reader-side histogram of the same configuration.
+    pub fn empty_like(&self) -> Hist {
+        Histogram::new_with_bounds(self.config.lowest, self.config.highest, self.config.digits)
+            .expect("configuration checked in new()")
+    }
+
+    /// Everything recorded so far, as an ordinary histogram (allocates; readers only).
+    pub fn snapshot(&self) -> Hist {
+        let mut hist = self.empty_like();
+        self.for_each_count(|value, count| {
+            let _ = hist.record_n(value, count);
+        });
+        hist
+    }
+
+    /// Calls `f(lowest value of bucket, count)` for every non-empty bucket.
+    pub fn for_each_count(&self, mut f: impl FnMut(u64, u64)) {
+        for (index, count) in self.counts.iter().enumerate() {
+            let count = count.load(Relaxed);
+            if count > 0 {
+                f(self.value_from_index(index), u64::from(count));
             }
         }
     }
 
-    /// Values recorded but not yet published.
-    pub fn pending(&self) -> u64 {
-        self.current.len()
-    }
-}
-
-impl HistCollector {
-    /// Passes every histogram the recorder has published to `merge`, then empties it and
-    /// returns it as the recorder's next spare.
-    pub fn drain(&mut self, mut merge: impl FnMut(&Hist)) {
-        while let Ok(mut hist) = self.full.pop() {
-            merge(&hist);
-            hist.reset();
-            // Cannot fail: the spare ring is empty while its only histogram was in `full`.
-            let _ = self.spare.push(hist);
+    /// Calls `f(index, increase)` for every bucket that grew since `previous` (the counts as
+    /// of the last call, updated here), for interval histograms.
+    pub fn changes_since(&self, previous: &mut Vec<u32>, mut f: impl FnMut(usize, u32)) {
+        previous.resize(self.counts.len(), 0);
+        for (index, (seen, count)) in previous.iter_mut().zip(self.counts.iter()).enumerate() {
+            let now = count.load(Relaxed);
+            if now != *seen {
+                f(index, now.wrapping_sub(*seen));
+                *seen = now;
+            }
         }
     }
+
+    /// The lowest value of the bucket at `index` (for interpreting [`Self::changes_since`]).
+    pub fn bucket_value(&self, index: usize) -> u64 {
+        self.value_from_index(index)
+    }
+
+    /// Bytes of heap the counts occupy.
+    pub fn heap_bytes(&self) -> usize {
+        self.counts.len() * std::mem::size_of::<AtomicU32>()
+    }
 }
 
-/// Adds `from` into `into`; both track the same range, so this never fails in practice, and
-/// a value out of range is clamped rather than lost.
+/// Adds `from` into `into`, clamping values `into` cannot hold rather than losing them.
 pub fn merge(into: &mut Hist, from: &Hist) {
     if into.add(from).is_err() {
         for value in from.iter_recorded() {
@@ -111,35 +192,63 @@ pub fn merge(into: &mut Hist, from: &Hist) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
 
-    #[test]
-    fn published_values_reach_the_collector_and_nothing_is_lost() {
-        let (mut recorder, mut collector) = histogram_pipe(3);
-        let mut total = new_histogram(3);
-        for round in 0..5u64 {
-            for v in 0..100 {
-                recorder.record(1_000 + v + round);
-            }
-            recorder.publish();
-            // Publishing twice without a drain keeps recording into the same histogram.
-            recorder.record(5);
-            recorder.publish();
-            collector.drain(|h| merge(&mut total, h));
+    /// The atomic layout must put every value in the bucket hdrhistogram would.
+    fn matches_hdrhistogram(config: HistConfig) {
+        let atomic = AtomicHistogram::new(config);
+        let mut reference = atomic.empty_like();
+        assert_eq!(
+            atomic.counts.len(),
+            reference.distinct_values(),
+            "{config:?}"
+        );
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(7);
+        for _ in 0..20_000 {
+            let magnitude = rng.gen_range(0..40);
+            let value = rng
+                .gen_range(0..=(1u64 << magnitude))
+                .clamp(0, config.highest);
+            atomic.record(value);
+            reference.record(value).unwrap();
         }
-        assert_eq!(total.len() + recorder.pending(), 5 * 101);
-        recorder.publish();
-        collector.drain(|h| merge(&mut total, h));
-        assert_eq!(total.len(), 505);
-        assert_eq!(total.min(), 5);
+        let snapshot = atomic.snapshot();
+        assert_eq!(snapshot.len(), 20_000);
+        for q in [0.0, 0.1, 0.5, 0.9, 0.99, 0.999, 1.0] {
+            assert_eq!(
+                snapshot.value_at_quantile(q),
+                reference.value_at_quantile(q),
+                "q={q} {config:?}"
+            );
+        }
+        assert_eq!(snapshot.max(), reference.max());
+        assert_eq!(snapshot.min(), reference.min());
     }
 
     #[test]
-    fn huge_values_are_clamped_not_dropped() {
-        let (mut recorder, mut collector) = histogram_pipe(2);
-        recorder.record(u64::MAX);
-        recorder.publish();
-        let mut seen = 0;
-        collector.drain(|h| seen += h.len());
-        assert_eq!(seen, 1);
+    fn layout_matches_hdrhistogram() {
+        matches_hdrhistogram(LATENESS);
+        matches_hdrhistogram(LATENCY);
+        matches_hdrhistogram(HistConfig {
+            lowest: 1,
+            highest: 60_000_000_000,
+            digits: 3,
+        });
+    }
+
+    #[test]
+    fn out_of_range_values_are_clamped_not_lost() {
+        let h = AtomicHistogram::new(LATENESS);
+        h.record(u64::MAX);
+        h.record(0);
+        let s = h.snapshot();
+        assert_eq!(s.len(), 2);
+        assert!(s.max() >= LATENESS.highest - LATENESS.highest / 1000);
+    }
+
+    #[test]
+    fn sizes_are_as_documented() {
+        assert_eq!(AtomicHistogram::new(LATENESS).heap_bytes(), 22 * 1024 * 4);
+        assert!(AtomicHistogram::new(LATENCY).heap_bytes() < 11 * 1024);
     }
 }

@@ -1,45 +1,29 @@
 //! `/metrics` as JSON (the reference schema, extended) and as Prometheus text.
 //!
-//! Readers only: drains the histogram pipes into the sessions' totals under the session
-//! state lock (never held by a timing thread or by a writer while it streams) and formats.
+//! Readers only: snapshots of atomic counters and histograms, taken under the session state
+//! lock (which no timing thread or streaming writer ever takes), then formatted.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
+use super::histogram::AtomicHistogram;
 use super::process::ProcessStats;
+use super::window::WINDOWS;
 use super::{Hist, LatencySummary};
-use crate::engine::{Registry, Session, SessionState};
+use crate::engine::{ClientShared, Registry, Session, SessionState};
 
-/// Bytes of heap a histogram holds (its counts array).
-fn hist_bytes(hist: &Hist) -> usize {
-    hist.distinct_values() * std::mem::size_of::<u64>()
-}
-
-/// Bytes a session really holds: frame pools, rings, histograms (both ends of every pipe).
-fn session_memory(session: &Session, state: &SessionState) -> usize {
-    let pools = session.status().frame_pool_bytes.load(Relaxed);
-    let lateness = hist_bytes(&state.lateness_total) * 3; // total + the pipe's two
-    let latency = hist_bytes(&state.latency_total);
-    let clients: usize = state
-        .clients
-        .iter()
-        .map(|c| {
-            c.shared.ring_capacity * std::mem::size_of::<usize>()
-                + hist_bytes(&c.latency_total) * 3
-                + std::mem::size_of_val(&*c.shared)
-        })
-        .sum();
-    pools + lateness + latency + clients
-}
-
-fn now_unix() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+fn unix(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+fn summary(hist: &AtomicHistogram) -> LatencySummary {
+    LatencySummary::from_nanos(&hist.snapshot())
 }
 
 /// The JSON document of `GET /metrics`, for every session or only `only`.
@@ -47,19 +31,22 @@ pub fn json(registry: &Registry, only: Option<&str>) -> Value {
     let sessions = registry.sessions();
     let mut per_session = Map::new();
     let mut active = 0;
+    let now = Instant::now();
     for session in sessions
         .iter()
         .filter(|s| only.is_none_or(|c| c == s.code()))
     {
-        let mut state = session.state();
-        state.collect();
+        let state = session.state();
         if !state.clients.is_empty() {
             active += 1;
         }
-        per_session.insert(session.code().to_string(), session_json(session, &state));
+        per_session.insert(
+            session.code().to_string(),
+            session_json(session, &state, now),
+        );
     }
     json!({
-        "timestamp": now_unix(),
+        "timestamp": unix(SystemTime::now()),
         "service": "PhantomLink",
         "version": env!("CARGO_PKG_VERSION"),
         "metrics": {
@@ -75,57 +62,80 @@ pub fn json(registry: &Registry, only: Option<&str>) -> Value {
     })
 }
 
-fn session_json(session: &Session, state: &SessionState) -> Value {
-    let status = session.status();
-    let now = SystemTime::now();
-    let clients: Vec<Value> = state
-        .clients
-        .iter()
-        .map(|c| {
-            let counters = &c.shared.counters;
-            let bytes = counters.bytes_sent.load(Relaxed);
-            let connected = now
-                .duration_since(c.shared.connected_at)
-                .unwrap_or_default()
-                .as_secs_f64()
-                .max(1e-3);
-            json!({
-                "id": c.shared.id,
-                "remote": c.shared.remote.to_string(),
-                "format": c.shared.format,
-                "connected_at": c.shared.connected_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
-                "packets_sent": counters.packets_sent.load(Relaxed),
-                "dropped_packets": counters.dropped_packets.load(Relaxed),
-                "bytes_sent": bytes,
-                "bandwidth_bps": bytes as f64 * 8.0 / connected,
-                "network_latency_ms": LatencySummary::from_nanos(&c.latency_total),
-                "ring_high_water": counters.ring_high_water.load(Relaxed),
-                "ring_capacity": c.shared.ring_capacity,
-                "messages_received": counters.messages_received.load(Relaxed),
-            })
-        })
-        .collect();
-    let live = |f: fn(&crate::engine::ClientCounters) -> u64| -> u64 {
-        state.clients.iter().map(|c| f(&c.shared.counters)).sum()
-    };
-    let packets_sent = state.departed.packets_sent + live(|c| c.packets_sent.load(Relaxed));
-    let dropped = state.departed.dropped_packets + live(|c| c.dropped_packets.load(Relaxed));
-    let bytes_sent = state.departed.bytes_sent + live(|c| c.bytes_sent.load(Relaxed));
-    let memory = session_memory(session, state);
-    let age = session.age().as_secs_f64().max(1e-3);
+fn client_json(client: &ClientShared, now: SystemTime) -> Value {
+    let counters = &client.counters;
+    let bytes = counters.bytes_sent.load(Relaxed);
+    let connected = now
+        .duration_since(client.connected_at)
+        .unwrap_or_default()
+        .as_secs_f64()
+        .max(1e-3);
     json!({
-        "packets_sent": packets_sent,
-        "dropped_packets": dropped,
-        "network_latency_ms": LatencySummary::from_nanos(&state.latency_total),
-        "timing_error_ms": LatencySummary::from_nanos(&state.lateness_total),
+        "id": client.id,
+        "remote": client.remote.to_string(),
+        "format": client.format,
+        "connected_at": unix(client.connected_at),
+        "packets_sent": counters.packets_sent.load(Relaxed),
+        "dropped_packets": counters.dropped_packets.load(Relaxed),
+        "bytes_sent": bytes,
+        "bandwidth_bps": bytes as f64 * 8.0 / connected,
+        "network_latency_ms": summary(&client.latency),
+        "ring_wait_ms": summary(&client.ring_wait),
+        "ring_high_water": counters.ring_high_water.load(Relaxed),
+        "ring_capacity": client.ring_capacity,
+        "messages_received": counters.messages_received.load(Relaxed),
+        "memory_bytes": client.heap_bytes(),
+    })
+}
+
+/// Session totals: departed clients plus the live ones.
+struct Totals {
+    packets_sent: u64,
+    dropped: u64,
+    bytes: u64,
+}
+
+fn totals(state: &SessionState) -> Totals {
+    let live = |f: fn(&ClientShared) -> u64| -> u64 { state.clients.iter().map(|c| f(c)).sum() };
+    Totals {
+        packets_sent: state.departed.packets_sent + live(|c| c.counters.packets_sent.load(Relaxed)),
+        dropped: state.departed.dropped_packets
+            + live(|c| c.counters.dropped_packets.load(Relaxed)),
+        bytes: state.departed.bytes_sent + live(|c| c.counters.bytes_sent.load(Relaxed)),
+    }
+}
+
+fn session_json(session: &Session, state: &SessionState, now: Instant) -> Value {
+    let status = session.status();
+    let wall = SystemTime::now();
+    let clients: Vec<Value> = state.clients.iter().map(|c| client_json(c, wall)).collect();
+    let totals = totals(state);
+    let memory = session.heap_bytes(state);
+    let age = session.age().as_secs_f64().max(1e-3);
+    let mut windows = Map::new();
+    for (name, span) in WINDOWS {
+        windows.insert(
+            name.to_string(),
+            json!({
+                "timing_error_ms": LatencySummary::from_nanos(&state.lateness_windows.window(&status.lateness, span, now)),
+                "network_latency_ms": LatencySummary::from_nanos(&state.latency_windows.window(&status.latency, span, now)),
+            }),
+        );
+    }
+    json!({
+        "packets_sent": totals.packets_sent,
+        "dropped_packets": totals.dropped,
+        "network_latency_ms": summary(&status.latency),
+        "timing_error_ms": summary(&status.lateness),
         "memory_usage_mb": memory as f64 / (1024.0 * 1024.0),
         "memory_bytes": memory,
         "is_running": status.running.load(Relaxed) && status.started.load(Relaxed),
         "is_paused": status.paused.load(Relaxed),
         "connections": state.clients.len(),
         "connections_closed": state.departed.clients,
-        "bytes_sent": bytes_sent,
-        "bandwidth_bps": bytes_sent as f64 * 8.0 / age,
+        "clients_stalled": status.clients_stalled.load(Relaxed),
+        "bytes_sent": totals.bytes,
+        "bandwidth_bps": totals.bytes as f64 * 8.0 / age,
         "packets_generated": status.packets_generated.load(Relaxed),
         "sequence_number": status.sequence.load(Relaxed),
         "frame_pool_misses": status.frame_pool_misses.load(Relaxed),
@@ -134,6 +144,7 @@ fn session_json(session: &Session, state: &SessionState) -> Value {
             "core": status.core.load(Relaxed),
             "sched_fifo": status.fifo.load(Relaxed),
         },
+        "windows": windows,
         "clients": clients,
     })
 }
@@ -143,223 +154,276 @@ const BUCKETS_SECONDS: [f64; 14] = [
     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2,
 ];
 
-/// The Prometheus text exposition (0.0.4, or OpenMetrics 1.0 with `# EOF`).
-pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) -> String {
-    let mut out = String::with_capacity(16 * 1024);
-    let sessions = registry.sessions();
-    let process = ProcessStats::read();
-    // OpenMetrics names counter families without `_total` and requires it on the samples.
-    let counter_family = |name: &str| {
-        if openmetrics {
-            name.trim_end_matches("_total").to_string()
-        } else {
-            name.to_string()
-        }
-    };
-    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let shown = if kind == "counter" {
-            counter_family(name)
-        } else {
-            name.to_string()
-        };
-        let _ = writeln!(out, "# HELP {shown} {help}");
-        let _ = writeln!(out, "# TYPE {shown} {kind}");
-    };
+/// Writes Prometheus text: families with HELP and TYPE, then samples.
+struct Exposition {
+    out: String,
+    openmetrics: bool,
+}
 
-    family(
-        &mut out,
-        "phantomlink_sessions",
-        "gauge",
-        "Sessions on the server.",
-    );
-    let _ = writeln!(out, "phantomlink_sessions {}", sessions.len());
-    family(
-        &mut out,
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        // OpenMetrics names a counter family without `_total` and requires it on the samples.
+        let shown = if self.openmetrics && kind == "counter" {
+            name.trim_end_matches("_total")
+        } else {
+            name
+        };
+        let _ = writeln!(self.out, "# HELP {shown} {help}");
+        let _ = writeln!(self.out, "# TYPE {shown} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        if labels.is_empty() {
+            let _ = writeln!(self.out, "{name} {value}");
+        } else {
+            let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
+        }
+    }
+
+    /// `_bucket`, `_sum` and `_count` of a histogram of nanoseconds. Each bucket counts the
+    /// HDR counts whose whole equivalent range lies at or below its bound, so `_count` equals
+    /// the JSON `count` exactly.
+    fn histogram(&mut self, name: &str, labels: &str, hist: &Hist) {
+        let mut cumulative = [0u64; BUCKETS_SECONDS.len()];
+        for value in hist.iter_recorded() {
+            let seconds = hist.highest_equivalent(value.value_iterated_to()) as f64 / 1e9;
+            for (bound, slot) in BUCKETS_SECONDS.iter().zip(cumulative.iter_mut()) {
+                if seconds <= *bound {
+                    *slot += value.count_at_value();
+                }
+            }
+        }
+        for (bound, count) in BUCKETS_SECONDS.iter().zip(cumulative) {
+            self.sample(
+                &format!("{name}_bucket"),
+                &format!("{labels},le=\"{bound}\""),
+                count,
+            );
+        }
+        self.sample(
+            &format!("{name}_bucket"),
+            &format!("{labels},le=\"+Inf\""),
+            hist.len(),
+        );
+        self.sample(
+            &format!("{name}_sum"),
+            labels,
+            hist.mean() * hist.len() as f64 / 1e9,
+        );
+        self.sample(&format!("{name}_count"), labels, hist.len());
+    }
+}
+
+/// The Prometheus text exposition (0.0.4, or OpenMetrics 1.0 ending in `# EOF`).
+pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) -> String {
+    let mut x = Exposition {
+        out: String::with_capacity(16 * 1024),
+        openmetrics,
+    };
+    let sessions: Vec<Arc<Session>> = registry
+        .sessions()
+        .into_iter()
+        .filter(|s| only.is_none_or(|c| c == s.code()))
+        .collect();
+    x.family("phantomlink_sessions", "gauge", "Sessions on the server.");
+    x.sample("phantomlink_sessions", "", registry.sessions().len());
+    x.family(
         "phantomlink_clients",
         "gauge",
         "Connected WebSocket clients.",
     );
-    let _ = writeln!(out, "phantomlink_clients {}", registry.live_clients());
-    family(
-        &mut out,
+    x.sample("phantomlink_clients", "", registry.live_clients());
+    x.family(
         "phantomlink_connections_total",
         "counter",
         "WebSocket connections accepted.",
     );
-    let _ = writeln!(
-        out,
-        "phantomlink_connections_total {}",
-        registry.connections_opened()
+    x.sample(
+        "phantomlink_connections_total",
+        "",
+        registry.connections_opened(),
     );
 
-    let selected: Vec<_> = sessions
-        .iter()
-        .filter(|s| only.is_none_or(|c| c == s.code()))
-        .collect();
-    let mut states: Vec<_> = selected
-        .iter()
-        .map(|s| {
-            let mut state = s.state();
-            state.collect();
-            (s, state)
-        })
-        .collect();
+    let states: Vec<_> = sessions.iter().map(|s| (s, s.state())).collect();
+    let session_label = |s: &Session| format!("session=\"{}\"", s.code());
+    let client_label =
+        |s: &Session, c: &ClientShared| format!("session=\"{}\",client=\"{}\"", s.code(), c.id);
 
-    family(
-        &mut out,
-        "phantomlink_packets_generated_total",
-        "counter",
-        "Packets generated by a session's timing thread.",
+    type SessionValue = fn(&Session, &SessionState) -> u64;
+    let per_session: [(&str, &str, &str, SessionValue); 6] = [
+        (
+            "phantomlink_packets_generated_total",
+            "counter",
+            "Packets generated by the session's timing thread.",
+            |s, _| s.status().packets_generated.load(Relaxed),
+        ),
+        (
+            "phantomlink_packets_sent_total",
+            "counter",
+            "Packets written to sockets, all clients of the session, departed ones included.",
+            |_, st| totals(st).packets_sent,
+        ),
+        (
+            "phantomlink_packets_dropped_total",
+            "counter",
+            "Packets dropped because a client's buffer was full, departed clients included.",
+            |_, st| totals(st).dropped,
+        ),
+        (
+            "phantomlink_bytes_sent_total",
+            "counter",
+            "Bytes written to sockets, all clients of the session.",
+            |_, st| totals(st).bytes,
+        ),
+        (
+            "phantomlink_clients_stalled_total",
+            "counter",
+            "Clients closed (1008) because they stopped reading.",
+            |s, _| s.status().clients_stalled.load(Relaxed),
+        ),
+        (
+            "phantomlink_session_memory_bytes",
+            "gauge",
+            "Bytes the session holds: frame pools, rings, histograms, windows.",
+            |s, st| s.heap_bytes(st) as u64,
+        ),
+    ];
+    for (name, kind, help, value) in per_session {
+        x.family(name, kind, help);
+        for (s, st) in &states {
+            x.sample(name, &session_label(s), value(s, st));
+        }
+    }
+    x.family(
+        "phantomlink_session_connections",
+        "gauge",
+        "Clients connected to the session.",
+    );
+    for (s, st) in &states {
+        x.sample(
+            "phantomlink_session_connections",
+            &session_label(s),
+            st.clients.len(),
+        );
+    }
+    x.family(
+        "phantomlink_session_paused",
+        "gauge",
+        "1 while the session is paused.",
     );
     for (s, _) in &states {
-        let _ = writeln!(
-            out,
-            "phantomlink_packets_generated_total{{session=\"{}\"}} {}",
-            s.code(),
-            s.status().packets_generated.load(Relaxed)
+        x.sample(
+            "phantomlink_session_paused",
+            &session_label(s),
+            u8::from(s.status().paused.load(Relaxed)),
         );
     }
-    family(
-        &mut out,
-        "phantomlink_session_memory_bytes",
-        "gauge",
-        "Bytes a session holds (frame pools, rings, histograms).",
-    );
-    for (s, state) in &states {
-        let _ = writeln!(
-            out,
-            "phantomlink_session_memory_bytes{{session=\"{}\"}} {}",
-            s.code(),
-            session_memory(s, state)
-        );
-    }
-    for (name, help, pick) in [
+
+    type ClientValue = fn(&ClientShared) -> u64;
+    let per_client: [(&str, &str, &str, ClientValue); 4] = [
         (
             "phantomlink_client_packets_sent_total",
-            "Packets written to a client's socket.",
-            0usize,
+            "counter",
+            "Packets written to the client's socket.",
+            |c| c.counters.packets_sent.load(Relaxed),
         ),
         (
             "phantomlink_client_packets_dropped_total",
-            "Packets dropped for a client because its buffer was full.",
-            1,
+            "counter",
+            "Packets dropped for the client because its buffer was full.",
+            |c| c.counters.dropped_packets.load(Relaxed),
         ),
         (
             "phantomlink_client_bytes_sent_total",
-            "Bytes written to a client's socket.",
-            2,
+            "counter",
+            "Bytes written to the client's socket.",
+            |c| c.counters.bytes_sent.load(Relaxed),
         ),
-    ] {
-        family(&mut out, name, "counter", help);
-        for (s, state) in &states {
-            for c in &state.clients {
-                let counters = &c.shared.counters;
-                let value = match pick {
-                    0 => counters.packets_sent.load(Relaxed),
-                    1 => counters.dropped_packets.load(Relaxed),
-                    _ => counters.bytes_sent.load(Relaxed),
-                };
-                let _ = writeln!(
-                    out,
-                    "{name}{{session=\"{}\",client=\"{}\"}} {value}",
-                    s.code(),
-                    c.shared.id
-                );
+        (
+            "phantomlink_client_ring_high_water",
+            "gauge",
+            "Most packets ever waiting in the client's buffer.",
+            |c| c.counters.ring_high_water.load(Relaxed) as u64,
+        ),
+    ];
+    for (name, kind, help, value) in per_client {
+        x.family(name, kind, help);
+        for (s, st) in &states {
+            for c in &st.clients {
+                x.sample(name, &client_label(s, c), value(c));
             }
         }
     }
 
-    family(
-        &mut out,
+    x.family(
         "phantomlink_tick_lateness_seconds",
         "histogram",
         "Timing thread wake time minus the tick's absolute deadline.",
     );
-    for (s, state) in &states {
-        write_histogram(
-            &mut out,
+    for (s, _) in &states {
+        x.histogram(
             "phantomlink_tick_lateness_seconds",
-            &format!("session=\"{}\"", s.code()),
-            &state.lateness_total,
+            &session_label(s),
+            &s.status().lateness.snapshot(),
         );
     }
-    family(
-        &mut out,
+    x.family(
         "phantomlink_network_latency_seconds",
         "histogram",
-        "Tick to the client's socket write returning.",
+        "Tick to the write to the client's socket returning.",
     );
-    for (s, state) in &mut states {
-        for c in &state.clients {
-            write_histogram(
-                &mut out,
+    for (s, st) in &states {
+        for c in &st.clients {
+            x.histogram(
                 "phantomlink_network_latency_seconds",
-                &format!("session=\"{}\",client=\"{}\"", s.code(), c.shared.id),
-                &c.latency_total,
+                &client_label(s, c),
+                &c.latency.snapshot(),
+            );
+        }
+    }
+    x.family(
+        "phantomlink_ring_wait_seconds",
+        "histogram",
+        "Tick to the client's writer taking the packet from its buffer.",
+    );
+    for (s, st) in &states {
+        for c in &st.clients {
+            x.histogram(
+                "phantomlink_ring_wait_seconds",
+                &client_label(s, c),
+                &c.ring_wait.snapshot(),
             );
         }
     }
     drop(states);
 
-    family(
-        &mut out,
+    let process = ProcessStats::read();
+    x.family(
         "process_resident_memory_bytes",
         "gauge",
         "Resident memory size in bytes.",
     );
-    let _ = writeln!(out, "process_resident_memory_bytes {}", process.rss_bytes);
-    family(
-        &mut out,
+    x.sample("process_resident_memory_bytes", "", process.rss_bytes);
+    x.family(
         "process_cpu_seconds_total",
         "counter",
         "Total user and system CPU time spent in seconds.",
     );
-    let _ = writeln!(out, "process_cpu_seconds_total {}", process.cpu_seconds);
-    family(
-        &mut out,
+    x.sample("process_cpu_seconds_total", "", process.cpu_seconds);
+    x.family(
         "process_start_time_seconds",
         "gauge",
         "Start time of the process since unix epoch in seconds.",
     );
-    let _ = writeln!(
-        out,
-        "process_start_time_seconds {}",
-        process.start_time_seconds
-    );
-    family(
-        &mut out,
+    x.sample("process_start_time_seconds", "", process.start_time_seconds);
+    x.family(
         "process_threads",
         "gauge",
         "Number of OS threads in the process.",
     );
-    let _ = writeln!(out, "process_threads {}", process.threads);
+    x.sample("process_threads", "", process.threads);
     if openmetrics {
-        out.push_str("# EOF\n");
+        x.out.push_str("# EOF\n");
     }
-    out
-}
-
-/// Writes `_bucket`, `_sum` and `_count` of an HDR histogram of nanoseconds; bucket counts
-/// are sums of the HDR counts at or below each bound, so they agree with the JSON counts.
-fn write_histogram(out: &mut String, name: &str, labels: &str, hist: &Hist) {
-    let mut cumulative = [0u64; BUCKETS_SECONDS.len()];
-    for value in hist.iter_recorded() {
-        let ns = hist.highest_equivalent(value.value_iterated_to());
-        let seconds = ns as f64 / 1e9;
-        for (bound, slot) in BUCKETS_SECONDS.iter().zip(cumulative.iter_mut()) {
-            if seconds <= *bound {
-                *slot += value.count_at_value();
-            }
-        }
-    }
-    for (bound, count) in BUCKETS_SECONDS.iter().zip(cumulative) {
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", hist.len());
-    let _ = writeln!(
-        out,
-        "{name}_sum{{{labels}}} {}",
-        hist.mean() * hist.len() as f64 / 1e9
-    );
-    let _ = writeln!(out, "{name}_count{{{labels}}} {}", hist.len());
+    x.out
 }

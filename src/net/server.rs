@@ -204,14 +204,14 @@ fn serve(ctx: &Arc<Context>, http: &tiny_http::Server) {
     }
 }
 
-/// Collects histograms every second (so recorders get their spares back and figures stay
-/// fresh) and removes expired sessions every `cleanup_interval`.
+/// Cuts sliding-window intervals and removes expired sessions every `cleanup_interval`.
 fn housekeeping(ctx: &Context) {
     let mut last_cleanup = Instant::now();
     while !ctx.is_stopping() {
         std::thread::park_timeout(Duration::from_millis(200));
+        let now = Instant::now();
         for session in ctx.registry.sessions() {
-            session.state().collect();
+            session.rotate_windows(now);
         }
         if last_cleanup.elapsed() >= ctx.config.cleanup_interval {
             last_cleanup = Instant::now();

@@ -18,10 +18,7 @@ use super::server::Context;
 use super::socket::recover_tcp_stream;
 use super::writer::Writer;
 use crate::codec::{encode_metadata, Frame, SessionRef, WireFormat};
-use crate::engine::{
-    ClientEntry, ClientShared, CloseReason, Command, Filter, Session, Subscriber, HISTOGRAM_DIGITS,
-};
-use crate::metrics::{histogram_pipe, new_histogram};
+use crate::engine::{ClientShared, CloseReason, Command, Filter, Playlist, Session, Subscriber};
 
 /// Stack of client threads: they hold little on the stack; 256 KiB leaves ample margin.
 const CLIENT_STACK: usize = 256 * 1024;
@@ -44,7 +41,6 @@ struct Prepared {
     client: Arc<ClientShared>,
     ticket: crate::engine::ClientTicket,
     ring: (rtrb::Producer<Arc<Frame>>, rtrb::Consumer<Arc<Frame>>),
-    latency: crate::metrics::HistRecorder,
     remote: SocketAddr,
     stream_url: String,
 }
@@ -66,26 +62,10 @@ fn prepare(
     let (id, ticket) = registry.reserve_client()?;
     let capacity = registry.config().ring_capacity;
     let client = Arc::new(ClientShared::new(id, remote, format, capacity));
-    let (latency, collector) = histogram_pipe(HISTOGRAM_DIGITS);
-    let entry = ClientEntry {
-        shared: Arc::clone(&client),
-        latency: collector,
-        latency_total: new_histogram(HISTOGRAM_DIGITS),
-    };
-    let table = Arc::clone(registry.table());
     session.attach(
-        entry,
+        Arc::clone(&client),
         filter,
         registry.config().max_clients_per_session,
-        |f| {
-            Command::SetPlaylist(
-                match f {
-                    Filter::Trial(id) => table.playlist_for_trial(id),
-                    Filter::Target(id) => table.playlist_for_target(id),
-                }
-                .expect("filter was checked against the table"),
-            )
-        },
     )?;
     Ok(Prepared {
         accept_key,
@@ -93,7 +73,6 @@ fn prepare(
         client,
         ticket,
         ring: RingBuffer::new(capacity),
-        latency,
         remote,
         stream_url: format!("{}/stream/{code}", ctx.public_ws_base(Some(request))),
     })
@@ -123,20 +102,23 @@ fn check_handshake(request: &Request) -> Result<String, ApiError> {
     Ok(derive_accept_key(key.as_bytes()))
 }
 
-fn requested_filter(ctx: &Context, params: &Params) -> Result<Option<Filter>, ApiError> {
+fn requested_filter(
+    ctx: &Context,
+    params: &Params,
+) -> Result<Option<(Filter, Playlist)>, ApiError> {
     let table = ctx.registry.table();
     match (params.u32("trial_id")?, params.u32("target_id")?) {
         (Some(_), Some(_)) => Err(ApiError::bad_request(
             "give trial_id or target_id, not both",
         )),
         (Some(trial), None) => match table.playlist_for_trial(trial) {
-            Some(_) => Ok(Some(Filter::Trial(trial))),
+            Some(playlist) => Ok(Some((Filter::Trial(trial), playlist))),
             None => Err(ApiError::bad_request(format!(
                 "trial_id {trial} does not exist; see GET /api/trials"
             ))),
         },
         (None, Some(target)) => match table.playlist_for_target(target) {
-            Some(_) => Ok(Some(Filter::Target(target))),
+            Some(playlist) => Ok(Some((Filter::Target(target), playlist))),
             None => Err(ApiError::bad_request(format!(
                 "target_id {target} does not exist (targets: {:?})",
                 table.target_ids().collect::<Vec<_>>()
@@ -153,7 +135,6 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
         client,
         ticket,
         ring: (producer, consumer),
-        latency,
         remote,
         stream_url,
     } = prepared;
@@ -190,7 +171,7 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
         ring: consumer,
         control: replies_rx,
         client: Arc::clone(&client),
-        latency,
+        session: Arc::clone(&session),
         reader_done: Arc::clone(&reader_done),
         _upgraded: upgraded,
     };

@@ -17,13 +17,10 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::{CloseFrame, Frame as WsFrame};
 
 use crate::codec::Frame;
-use crate::engine::{ClientShared, CloseReason};
-use crate::metrics::HistRecorder;
+use crate::engine::{ClientShared, CloseReason, Session};
 
 /// How long the writer sleeps when idle before re-checking close requests.
 const IDLE_PARK: Duration = Duration::from_millis(100);
-/// Latency histograms are handed over at least this often.
-const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 /// After sending a close frame, how long to wait for the client's reply.
 const CLOSE_GRACE: Duration = Duration::from_millis(300);
 
@@ -37,8 +34,8 @@ pub struct Writer {
     pub control: Receiver<Vec<u8>>,
     /// Shared client state.
     pub client: Arc<ClientShared>,
-    /// Tick → socket latency.
-    pub latency: HistRecorder,
+    /// The session, whose latency histogram aggregates every client's.
+    pub session: Arc<Session>,
     /// Set by the reader when it has ended (client closed or vanished).
     pub reader_done: Arc<AtomicBool>,
     /// Kept alive until the writer ends: dropping it shuts the connection down.
@@ -59,9 +56,11 @@ impl Writer {
     pub fn run(mut self, metadata: Frame) -> WriterExit {
         let exit = self.stream(metadata);
         if let WriterExit::Closed(reason) = exit {
+            if reason == CloseReason::Stalled {
+                self.session.status().clients_stalled.fetch_add(1, Relaxed);
+            }
             self.close(reason);
         }
-        self.latency.publish();
         let _ = self.socket.shutdown(Shutdown::Both);
         exit
     }
@@ -70,7 +69,6 @@ impl Writer {
         if self.write_counted(metadata.bytes()).is_err() {
             return WriterExit::PeerGone;
         }
-        let mut last_publish = Instant::now();
         loop {
             if let Some(reason) = self.client.close_requested() {
                 return WriterExit::Closed(reason);
@@ -88,16 +86,17 @@ impl Writer {
             }
             let mut wrote = false;
             while let Ok(frame) = self.ring.pop() {
+                self.client
+                    .ring_wait
+                    .record(frame.tick.elapsed().as_nanos() as u64);
                 if let Err(e) = self.write_counted(frame.bytes()) {
                     return self.failed(e);
                 }
-                self.latency.record(frame.tick.elapsed().as_nanos() as u64);
+                let latency = frame.tick.elapsed().as_nanos() as u64;
+                self.client.latency.record(latency);
+                self.session.status().latency.record(latency);
                 self.client.counters.packets_sent.fetch_add(1, Relaxed);
                 wrote = true;
-            }
-            if last_publish.elapsed() >= PUBLISH_EVERY {
-                self.latency.publish();
-                last_publish = Instant::now();
             }
             if !wrote && self.control.is_empty() {
                 // unpark() from the timing thread or reader ends this early; a token left by
