@@ -28,6 +28,8 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// Parsed once at startup; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
     /// Serve the dataset (the default).
@@ -87,6 +89,10 @@ pub struct ServeArgs {
     /// Largest HTTP request body accepted, bytes (413 beyond).
     #[arg(long, env = "PHANTOM_MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
+    /// Seconds a plain HTTP connection may go without opening or completing a request
+    /// (slow clients, unfinished handshakes, idle keep-alive) before it is closed.
+    #[arg(long, env = "PHANTOM_HTTP_IDLE_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub http_idle_timeout: Duration,
     /// Value of Access-Control-Allow-Origin.
     #[arg(long, env = "PHANTOM_CORS_ORIGIN", default_value = "*")]
     pub cors_origin: String,
@@ -119,6 +125,7 @@ impl ServeArgs {
             http_workers: self.http_workers as usize,
             max_body_bytes: self.max_body_bytes,
             cors_origin: self.cors_origin.clone(),
+            http_idle_timeout: self.http_idle_timeout,
             ..ServerConfig::default()
         }
     }

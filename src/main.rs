@@ -54,6 +54,7 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 fn run(args: &ServeArgs) -> Result<(), String> {
     let started = Instant::now();
+    raise_open_file_limit();
     let mut engine = args.engine_config();
     engine.cores = realtime::available_cores(&args.cores).map_err(|e| format!("--cores: {e}"))?;
     match (args.realtime, realtime::probe_fifo()) {
@@ -90,4 +91,29 @@ fn run(args: &ServeArgs) -> Result<(), String> {
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// Each WebSocket client holds four descriptors (tiny_http's two, the writer's and the
+/// reader's); the usual soft limit of 1024 would cap the server near 250 clients, so raise the
+/// soft limit to the hard one.
+fn raise_open_file_limit() {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+                && limit.rlim_cur < limit.rlim_max
+            {
+                let wanted = limit.rlim_max;
+                limit.rlim_cur = wanted;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    log::warn!("could not raise the open-file limit to {wanted}");
+                }
+            }
+        }
+    }
 }

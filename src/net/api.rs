@@ -22,6 +22,10 @@ use crate::metrics::report;
 
 /// Answers one request (or hands it to the WebSocket upgrade).
 pub fn handle(ctx: &Arc<Context>, mut request: Request) {
+    let remote = request.remote_addr().copied();
+    if let Some(peer) = remote {
+        ctx.reaper.note_request(peer);
+    }
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let cors = ctx.config.cors_origin.clone();
@@ -46,6 +50,9 @@ pub fn handle(ctx: &Arc<Context>, mut request: Request) {
     let reply = reply.unwrap_or_else(|e| e.into_reply(&cors));
     if let Err(e) = request.respond(reply) {
         log::debug!("reply not delivered: {e}");
+    }
+    if let Some(peer) = remote {
+        ctx.reaper.note_request(peer);
     }
 }
 

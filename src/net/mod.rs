@@ -10,6 +10,7 @@
 mod api;
 mod http;
 mod reader;
+mod reaper;
 mod router;
 mod server;
 pub mod socket;

@@ -13,6 +13,7 @@ use tiny_http::Request;
 
 use super::api;
 use super::http::header_value;
+use super::reaper::Reaper;
 use crate::codec::Metadata;
 use crate::engine::Registry;
 
@@ -31,6 +32,9 @@ pub struct ServerConfig {
     pub cors_origin: String,
     /// How often expired sessions are removed.
     pub cleanup_interval: Duration,
+    /// A plain HTTP connection that neither opens nor completes a request for this long is
+    /// closed (slow or stalled clients, idle keep-alive, unfinished WebSocket handshakes).
+    pub http_idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +46,7 @@ impl Default for ServerConfig {
             max_body_bytes: 64 * 1024,
             cors_origin: "*".into(),
             cleanup_interval: Duration::from_secs(60),
+            http_idle_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -58,6 +63,8 @@ pub struct Context {
     pub local_addr: SocketAddr,
     /// When the server started.
     pub started: Instant,
+    /// Closes HTTP connections that hold a thread without finishing a request.
+    pub reaper: Reaper,
     stopping: AtomicBool,
 }
 
@@ -119,8 +126,10 @@ impl Server {
             duration_seconds: table.duration_seconds(),
             num_trials: table.trials().len(),
         };
+        let reaper = Reaper::new(local_addr.port(), config.http_idle_timeout);
         let ctx = Arc::new(Context {
             registry,
+            reaper,
             config,
             metadata,
             local_addr,
@@ -204,14 +213,26 @@ fn serve(ctx: &Arc<Context>, http: &tiny_http::Server) {
     }
 }
 
-/// Cuts sliding-window intervals and removes expired sessions every `cleanup_interval`.
+/// How often idle HTTP connections are looked for.
+const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// Cuts sliding-window intervals, closes idle HTTP connections, and removes expired sessions
+/// every `cleanup_interval`.
 fn housekeeping(ctx: &Context) {
     let mut last_cleanup = Instant::now();
+    let mut last_reap = Instant::now();
     while !ctx.is_stopping() {
         std::thread::park_timeout(Duration::from_millis(200));
         let now = Instant::now();
         for session in ctx.registry.sessions() {
             session.rotate_windows(now);
+        }
+        if now.duration_since(last_reap) >= REAP_EVERY {
+            last_reap = now;
+            let reaped = ctx.reaper.reap(now);
+            if reaped > 0 {
+                log::info!("closed {reaped} idle or unfinished HTTP connection(s)");
+            }
         }
         if last_cleanup.elapsed() >= ctx.config.cleanup_interval {
             last_cleanup = Instant::now();

@@ -138,13 +138,14 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
         remote,
         stream_url,
     } = prepared;
+    ctx.reaper.add_websocket(remote);
     let response = Response::empty(101).with_header(header("Sec-WebSocket-Accept", &accept_key));
     let upgraded = request.upgrade("websocket", response);
     let socket = match recover_tcp_stream(remote, ctx.local_addr.port()) {
         Ok(socket) => socket,
         Err(e) => {
             log::error!("client {remote}: cannot take over its socket after upgrade: {e}");
-            session.detach(client.id);
+            abandon(ctx, &session, &client);
             return; // dropping `upgraded` closes the connection
         }
     };
@@ -158,7 +159,7 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
         Ok(s) => s,
         Err(e) => {
             log::error!("client {remote}: socket setup failed: {e}");
-            session.detach(client.id);
+            abandon(ctx, &session, &client);
             return;
         }
     };
@@ -190,13 +191,14 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
             );
             writer_session.detach(writer_client.id);
             writer_ctx.registry.untrack_writer(writer_client.id);
+            writer_ctx.reaper.remove_websocket(writer_client.remote);
             drop(ticket);
         });
     let writer_handle = match spawned {
         Ok(handle) => handle,
         Err(e) => {
             log::error!("client {remote}: cannot spawn writer thread: {e}");
-            session.detach(client.id);
+            abandon(ctx, &session, &client);
             return;
         }
     };
@@ -249,4 +251,10 @@ fn metadata_frame(ctx: &Context, session: &Session, format: WireFormat, url: Str
         log::error!("metadata could not be encoded: {e}");
     }
     frame
+}
+
+/// Undoes the registration of a client whose connection could not be set up.
+fn abandon(ctx: &Context, session: &Session, client: &ClientShared) {
+    session.detach(client.id);
+    ctx.reaper.remove_websocket(client.remote);
 }
