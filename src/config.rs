@@ -93,6 +93,12 @@ pub struct ServeArgs {
     /// (slow clients, unfinished handshakes, idle keep-alive) before it is closed.
     #[arg(long, env = "PHANTOM_HTTP_IDLE_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
     pub http_idle_timeout: Duration,
+    /// Bearer token required on create, delete, cleanup and control routes.
+    #[arg(long, env = "PHANTOM_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Require the API token on streams too (header or `?token=`).
+    #[arg(long, env = "PHANTOM_STREAM_TOKEN", requires = "api_token")]
+    pub stream_token: bool,
     /// Value of Access-Control-Allow-Origin.
     #[arg(long, env = "PHANTOM_CORS_ORIGIN", default_value = "*")]
     pub cors_origin: String,
@@ -126,6 +132,8 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             cors_origin: self.cors_origin.clone(),
             http_idle_timeout: self.http_idle_timeout,
+            api_token: self.api_token.clone().filter(|t| !t.is_empty()),
+            stream_token: self.stream_token,
             ..ServerConfig::default()
         }
     }

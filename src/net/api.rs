@@ -36,6 +36,10 @@ pub fn handle(ctx: &Arc<Context>, mut request: Request) {
             return;
         }
     };
+    if let Err(e) = authorize(ctx, &request, &endpoint, query) {
+        let _ = request.respond(e.into_reply(&cors));
+        return;
+    }
     if let Endpoint::Stream(code, format) = &endpoint {
         websocket::connect(ctx, request, code, *format, query);
         return;
@@ -54,6 +58,55 @@ pub fn handle(ctx: &Arc<Context>, mut request: Request) {
     if let Some(peer) = remote {
         ctx.reaper.note_request(peer);
     }
+}
+
+/// With `--api-token`, state-changing endpoints (and streams, with `--stream-token`) need
+/// `Authorization: Bearer <token>`; streams may pass `?token=` since browsers cannot set
+/// headers on a WebSocket.
+fn authorize(
+    ctx: &Context,
+    request: &Request,
+    endpoint: &Endpoint,
+    query: &str,
+) -> Result<(), ApiError> {
+    let Some(token) = ctx.config.api_token.as_deref() else {
+        return Ok(());
+    };
+    let protected = match endpoint {
+        Endpoint::CreateSession
+        | Endpoint::DeleteSession(_)
+        | Endpoint::Cleanup
+        | Endpoint::Control(..) => true,
+        Endpoint::Stream(..) => ctx.config.stream_token,
+        _ => false,
+    };
+    if !protected {
+        return Ok(());
+    }
+    let from_header = header_value(request, "Authorization")
+        .and_then(|v| v.trim().strip_prefix("Bearer "))
+        .map(str::trim);
+    let from_query = matches!(endpoint, Endpoint::Stream(..))
+        .then(|| {
+            form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == "token")
+                .map(|(_, v)| v.into_owned())
+        })
+        .flatten();
+    let given = from_header.map(str::to_string).or(from_query);
+    match given {
+        Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(401, "invalid API token")),
+        None => Err(ApiError::new(
+            401,
+            "this endpoint needs the API token: send Authorization: Bearer <token>",
+        )),
+    }
+}
+
+/// Compares without an early exit, so response time does not reveal how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn dispatch(

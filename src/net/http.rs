@@ -63,6 +63,9 @@ impl ApiError {
         if let Some(allow) = self.allow {
             reply.add_header(header("Allow", allow));
         }
+        if self.status == 401 {
+            reply.add_header(header("WWW-Authenticate", "Bearer"));
+        }
         reply
     }
 }

@@ -35,6 +35,10 @@ pub struct ServerConfig {
     /// A plain HTTP connection that neither opens nor completes a request for this long is
     /// closed (slow or stalled clients, idle keep-alive, unfinished WebSocket handshakes).
     pub http_idle_timeout: Duration,
+    /// Bearer token required on state-changing routes, if set.
+    pub api_token: Option<String>,
+    /// Whether streams need the token too.
+    pub stream_token: bool,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +51,8 @@ impl Default for ServerConfig {
             cors_origin: "*".into(),
             cleanup_interval: Duration::from_secs(60),
             http_idle_timeout: Duration::from_secs(10),
+            api_token: None,
+            stream_token: false,
         }
     }
 }
