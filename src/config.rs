@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::engine::realtime::RealtimeMode;
-use crate::engine::EngineConfig;
+use crate::engine::{EngineConfig, NoiseConfig};
 use crate::net::ServerConfig;
 
 /// PhantomLink: replays a motor-cortex recording at 40 Hz over WebSocket.
@@ -102,13 +102,55 @@ pub struct ServeArgs {
     /// Value of Access-Control-Allow-Origin.
     #[arg(long, env = "PHANTOM_CORS_ORIGIN", default_value = "*")]
     pub cors_origin: String,
+    /// Default impairment of new sessions: off, light, moderate, intense, extreme.
+    #[arg(long, env = "PHANTOM_NOISE", default_value = "off", value_parser = parse_preset)]
+    pub noise: NoiseConfig,
+    /// Gaussian noise, fraction of (count + 1); overrides the preset.
+    #[arg(long, env = "PHANTOM_NOISE_STD")]
+    pub noise_std: Option<f64>,
+    /// Drift amplitude, fraction of (count + 1); overrides the preset.
+    #[arg(long, env = "PHANTOM_DRIFT_AMPLITUDE")]
+    pub drift_amplitude: Option<f64>,
+    /// Period of the slow drift, seconds.
+    #[arg(long, env = "PHANTOM_DRIFT_PERIOD_SECONDS")]
+    pub drift_period_seconds: Option<f64>,
+    /// Fraction of units silenced (0–1).
+    #[arg(long, env = "PHANTOM_DROPOUT")]
+    pub dropout: Option<f64>,
+    /// Delay added to every packet, ms (0–1000).
+    #[arg(long, env = "PHANTOM_STREAM_LATENCY_MS")]
+    pub stream_latency_ms: Option<f64>,
+    /// Extra random delay per packet, ms (0–1000).
+    #[arg(long, env = "PHANTOM_STREAM_JITTER_MS")]
+    pub stream_jitter_ms: Option<f64>,
     /// Log level: error, warn, info, debug, trace (or an env_logger filter).
     #[arg(long, env = "PHANTOM_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 }
 
 impl ServeArgs {
-    /// The engine settings these options ask for (cores not yet validated).
+    /// The default impairment: the preset with any field given on its own overriding it.
+    pub fn noise_config(&self) -> Result<NoiseConfig, String> {
+        let mut noise = self.noise;
+        let overrides = [
+            (&mut noise.noise_std, self.noise_std),
+            (&mut noise.drift_amplitude, self.drift_amplitude),
+            (&mut noise.drift_period_seconds, self.drift_period_seconds),
+            (&mut noise.dropout, self.dropout),
+            (&mut noise.latency_ms, self.stream_latency_ms),
+            (&mut noise.jitter_ms, self.stream_jitter_ms),
+        ];
+        for (field, value) in overrides {
+            if let Some(value) = value {
+                *field = value;
+            }
+        }
+        noise.validate()?;
+        Ok(noise)
+    }
+
+    /// The engine settings these options ask for (cores not yet validated; noise as given
+    /// by [`ServeArgs::noise_config`], which the caller checks first).
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
             max_sessions: self.max_sessions as usize,
@@ -120,6 +162,8 @@ impl ServeArgs {
             cores: self.cores.clone(),
             realtime: self.realtime,
             spin: Duration::from_micros(self.spin_us),
+            seed: self.seed,
+            noise: self.noise_config().unwrap_or(NoiseConfig::OFF),
         }
     }
 
@@ -137,6 +181,15 @@ impl ServeArgs {
             ..ServerConfig::default()
         }
     }
+}
+
+fn parse_preset(raw: &str) -> Result<NoiseConfig, String> {
+    NoiseConfig::preset(raw.trim()).ok_or_else(|| {
+        format!(
+            "unknown noise preset {raw:?}; use one of {}",
+            NoiseConfig::PRESETS.join(", ")
+        )
+    })
 }
 
 fn parse_seconds(raw: &str) -> Result<Duration, String> {
@@ -173,6 +226,13 @@ mod tests {
         assert!(Cli::try_parse_from(["phantomlink", "--realtime", "maybe"]).is_err());
         let cli = Cli::try_parse_from(["phantomlink", "--cores", "0,1"]).unwrap();
         assert_eq!(cli.serve.cores, vec![0, 1]);
+        assert!(Cli::try_parse_from(["phantomlink", "--noise", "loud"]).is_err());
+        let cli = Cli::try_parse_from(["phantomlink", "--noise", "moderate", "--noise-std", "0.1"])
+            .unwrap();
+        let noise = cli.serve.noise_config().unwrap();
+        assert_eq!((noise.noise_std, noise.drift_amplitude), (0.1, 0.3));
+        let cli = Cli::try_parse_from(["phantomlink", "--dropout", "2"]).unwrap();
+        assert!(cli.serve.noise_config().unwrap_err().contains("dropout"));
         let cli = Cli::try_parse_from(["phantomlink", "inspect", "x.nwb"]).unwrap();
         assert!(matches!(cli.command, Some(CliCommand::Inspect { .. })));
     }

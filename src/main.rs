@@ -55,6 +55,8 @@ fn serve(args: ServeArgs) -> ExitCode {
 fn run(args: &ServeArgs) -> Result<(), String> {
     let started = Instant::now();
     raise_open_file_limit();
+    args.noise_config()
+        .map_err(|e| format!("noise options: {e}"))?;
     let mut engine = args.engine_config();
     engine.cores = realtime::available_cores(&args.cores).map_err(|e| format!("--cores: {e}"))?;
     match (args.realtime, realtime::probe_fifo()) {

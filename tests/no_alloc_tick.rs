@@ -2,7 +2,7 @@
 //!
 //! A counting global allocator counts allocations made by this test's thread while it is
 //! inside the timing loop's per-tick work (`TimingLoop::on_wake`: lateness record, command
-//! drain, row lookup, JSON and MessagePack encoding into pooled frames, fan-out to rings). Anything that allocates there fails this test.
+//! drain, row lookup, noise, JSON and MessagePack encoding into pooled frames, fan-out). Anything that allocates there fails this test.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -13,7 +13,8 @@ use phantomlink::codec::{Frame, WireFormat};
 use phantomlink::dataset::synthetic::{generate, SyntheticConfig};
 use phantomlink::dataset::PacketTable;
 use phantomlink::engine::{
-    ClientShared, Command, SessionStatus, Subscriber, TimingConfig, TimingLoop, PERIOD,
+    ClientShared, Command, NoiseConfig, NoiseState, SessionStatus, Subscriber, TimingConfig,
+    TimingLoop, PERIOD,
 };
 use rtrb::{Consumer, RingBuffer};
 
@@ -127,6 +128,16 @@ fn steady_state_tick_does_not_allocate() {
             .unwrap();
         rings.push(consumer);
     }
+
+    // Noise is applied on the tick too: it must not allocate either.
+    let noise = NoiseState::new(
+        NoiseConfig::preset("moderate").unwrap(),
+        table.num_units(),
+        1,
+    );
+    commands
+        .send(Command::SetNoise(Some(Box::new(noise))))
+        .unwrap();
 
     // Warm-up: pools fill and frame buffers grow to their packet size.
     let mut deadline = Instant::now();

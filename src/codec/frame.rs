@@ -16,6 +16,8 @@ pub struct Frame {
     start: usize,
     /// Session sequence number of the packet in this frame (0 for non-data messages).
     pub sequence_number: u64,
+    /// Packet-table row of the packet (ground truth for decoder feedback).
+    pub bin: u32,
     /// When the tick that produced this frame woke; network latency is measured from here.
     pub tick: Instant,
 }
@@ -27,6 +29,7 @@ impl Frame {
             buf: Vec::with_capacity(capacity + FRAME_HEADER_MAX),
             start: 0,
             sequence_number: 0,
+            bin: 0,
             tick: Instant::now(),
         }
     }

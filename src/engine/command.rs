@@ -4,7 +4,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::Subscriber;
+use super::{NoiseState, Subscriber};
 
 /// Bin ranges a session plays in order, looping. Built once by the packet table and shared.
 pub type Playlist = Arc<[Range<u32>]>;
@@ -41,6 +41,8 @@ pub enum Command {
     Stop,
     /// Play these bin ranges from their start, looping; `None` means the whole recording.
     SetPlaylist(Playlist),
+    /// Impair spike counts from the next tick on (`None`: clean).
+    SetNoise(Option<Box<NoiseState>>),
     /// End the timing thread.
     Shutdown,
 }
@@ -54,6 +56,7 @@ impl fmt::Debug for Command {
             Command::Seek(bin) => write!(f, "Seek({bin})"),
             Command::Stop => f.write_str("Stop"),
             Command::SetPlaylist(p) => write!(f, "SetPlaylist({} ranges)", p.len()),
+            Command::SetNoise(n) => write!(f, "SetNoise({:?})", n.as_ref().map(|n| n.config())),
             Command::Shutdown => f.write_str("Shutdown"),
         }
     }

@@ -25,6 +25,7 @@
 mod client;
 mod command;
 mod fanout;
+mod noise;
 mod playback;
 pub mod realtime;
 mod registry;
@@ -34,6 +35,7 @@ mod timing;
 pub use client::{ClientCounters, ClientShared, CloseReason};
 pub use command::{Command, Filter, Playlist};
 pub use fanout::Subscriber;
+pub use noise::{NoiseConfig, NoiseState};
 pub use playback::{Playback, SeekError};
 pub use registry::{validate_code, ClientTicket, EngineConfig, Registry, RegistryError};
 pub use session::{AttachError, DepartedTotals, Session, SessionBusy, SessionState, SessionStatus};

@@ -13,7 +13,7 @@ use rand::Rng;
 
 use super::realtime::{self, RealtimeMode};
 use super::timing::TimingConfig;
-use super::{ClientShared, CloseReason, Session, SessionStatus, TimingLoop};
+use super::{ClientShared, CloseReason, NoiseConfig, Session, SessionStatus, TimingLoop};
 use crate::dataset::PacketTable;
 
 /// Commands a session can have queued before senders are told it is busy.
@@ -41,6 +41,10 @@ pub struct EngineConfig {
     pub realtime: RealtimeMode,
     /// Spin this long before each deadline instead of sleeping.
     pub spin: Duration,
+    /// Server seed; each session's noise seed derives from it and the session code.
+    pub seed: u64,
+    /// Impairment of sessions that do not ask for their own.
+    pub noise: NoiseConfig,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +59,8 @@ impl Default for EngineConfig {
             cores: Vec::new(),
             realtime: RealtimeMode::Auto,
             spin: Duration::from_micros(100),
+            seed: 42,
+            noise: NoiseConfig::OFF,
         }
     }
 }
@@ -146,8 +152,17 @@ impl Registry {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates a session with `code`, or a generated one.
+    /// Creates a session with `code` (or a generated one) and the server's default noise.
     pub fn create(&self, code: Option<&str>) -> Result<Arc<Session>, RegistryError> {
+        self.create_with(code, self.config.noise)
+    }
+
+    /// Creates a session with `code` (or a generated one) and `noise`.
+    pub fn create_with(
+        &self,
+        code: Option<&str>,
+        noise: NoiseConfig,
+    ) -> Result<Arc<Session>, RegistryError> {
         if self.is_shutting_down() {
             return Err(RegistryError::ShuttingDown);
         }
@@ -171,6 +186,10 @@ impl Registry {
         let session = Arc::new(self.spawn_session(code.clone()));
         map.insert(code, Arc::clone(&session));
         drop(map);
+        if noise != NoiseConfig::OFF {
+            // A fresh session's queue is empty, so this cannot be refused.
+            let _ = session.set_noise(noise, self.table.num_units());
+        }
         if let Some(evicted) = evicted {
             log::info!(
                 "session {} evicted (least recently used, no clients)",
@@ -308,7 +327,8 @@ impl Registry {
                 timing.run();
             })
             .expect("spawning a timing thread");
-        Session::new(code, commands_tx, status, handle)
+        let seed = session_seed(self.config.seed, &code);
+        Session::new(code, seed, commands_tx, status, handle)
     }
 
     /// Reserves a place for one more client, under the server-wide limit.
@@ -414,6 +434,15 @@ fn truncate(s: &str, max: usize) -> &str {
         Some((i, _)) => &s[..i],
         None => s,
     }
+}
+
+/// A session's noise seed: the server seed mixed with the code (FNV-1a), so a session of the
+/// same code on a server with the same seed replays the same noise.
+fn session_seed(server_seed: u64, code: &str) -> u64 {
+    code.bytes()
+        .fold(0xcbf2_9ce4_8422_2325 ^ server_seed, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 /// Spreads session phases over the period with the golden ratio, so any number of sessions

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 
-use super::{ClientShared, Command, Filter, Playlist};
+use super::{ClientShared, Command, Filter, NoiseConfig, NoiseState, Playlist};
 use crate::metrics::histogram::{AtomicHistogram, LATENCY, LATENESS};
 use crate::metrics::window::Windows;
 
@@ -48,6 +48,10 @@ pub struct SessionStatus {
     pub fifo: AtomicBool,
     /// Clients closed because they stalled.
     pub clients_stalled: AtomicU64,
+    /// Delay line: fixed delay added to every packet by the writers, µs.
+    pub delay_us: AtomicU64,
+    /// Delay line: extra random delay per packet, up to this, µs.
+    pub jitter_us: AtomicU64,
     /// Tick lateness (wake − deadline), ns, for ticks with at least one client.
     pub lateness: AtomicHistogram,
     /// Tick → socket latency of every packet to every client, departed ones included, ns.
@@ -72,6 +76,8 @@ impl SessionStatus {
             core: AtomicI64::new(-1),
             fifo: AtomicBool::new(false),
             clients_stalled: AtomicU64::new(0),
+            delay_us: AtomicU64::new(0),
+            jitter_us: AtomicU64::new(0),
             lateness: AtomicHistogram::new(LATENESS),
             latency: AtomicHistogram::new(LATENCY),
         }
@@ -102,6 +108,8 @@ pub struct DepartedTotals {
 pub struct SessionState {
     /// Filter being played, if any.
     pub filter: Option<Filter>,
+    /// Impairment in effect.
+    pub noise: NoiseConfig,
     /// Connected clients.
     pub clients: Vec<Arc<ClientShared>>,
     /// Totals of departed clients.
@@ -126,6 +134,7 @@ pub enum SessionBusy {
 /// A session.
 pub struct Session {
     code: String,
+    seed: u64,
     created_at: SystemTime,
     created: Instant,
     last_active: Mutex<Instant>,
@@ -138,12 +147,14 @@ pub struct Session {
 impl Session {
     pub(super) fn new(
         code: String,
+        seed: u64,
         commands: Sender<Command>,
         status: Arc<SessionStatus>,
         thread: JoinHandle<()>,
     ) -> Self {
         Self {
             code,
+            seed,
             created_at: SystemTime::now(),
             created: Instant::now(),
             last_active: Mutex::new(Instant::now()),
@@ -157,6 +168,30 @@ impl Session {
     /// The session code.
     pub fn code(&self) -> &str {
         &self.code
+    }
+
+    /// Seed of the session's noise (unless its noise config names one).
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Replaces the session's impairment: spike noise from the next tick, and the delay line
+    /// of every writer. `config` must be valid ([`NoiseConfig::validate`]).
+    pub fn set_noise(&self, config: NoiseConfig, units: usize) -> Result<(), SessionBusy> {
+        // Built here, on a network thread: the timing thread only swaps it in.
+        let state = config
+            .is_active()
+            .then(|| Box::new(NoiseState::new(config, units, self.seed)));
+        let mut guard = self.state();
+        self.send(Command::SetNoise(state))?;
+        guard.noise = config;
+        self.status
+            .delay_us
+            .store((config.latency_ms * 1000.0) as u64, Relaxed);
+        self.status
+            .jitter_us
+            .store((config.jitter_ms * 1000.0) as u64, Relaxed);
+        Ok(())
     }
 
     /// Wall-clock creation time.

@@ -9,9 +9,9 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use spin_sleep::SpinSleeper;
 
 use super::fanout::{Delivery, FramePool};
-use super::{Command, Playback, SessionStatus, Subscriber};
+use super::{Command, NoiseState, Playback, SessionStatus, Subscriber};
 use crate::codec::{encode_data, DataPacket, WireFormat};
-use crate::dataset::{PacketTable, BIN_MS};
+use crate::dataset::{PacketTable, Row, BIN_MS};
 
 /// Packet period: 25 ms.
 pub const PERIOD: Duration = Duration::from_micros((BIN_MS * 1000.0) as u64);
@@ -61,6 +61,7 @@ pub struct TimingLoop {
     subscribers: Vec<Subscriber>,
     per_format: [usize; 2],
     pools: [Option<FramePool>; 2],
+    noise: Option<Box<NoiseState>>,
     sequence: u64,
     paused: bool,
     started: bool,
@@ -89,6 +90,7 @@ impl TimingLoop {
             playback,
             per_format: [0; 2],
             pools: [None, None],
+            noise: None,
             sequence: 0,
             paused: false,
             started: false,
@@ -226,6 +228,7 @@ impl TimingLoop {
                     .position
                     .store(self.playback.position(), Relaxed);
             }
+            Command::SetNoise(noise) => self.noise = noise,
             Command::Shutdown => return TickOutcome::Shutdown,
         }
         TickOutcome::Continue
@@ -239,10 +242,18 @@ impl TimingLoop {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
+        let row = self.table.row(bin);
+        let spike_counts = match self.noise.as_mut() {
+            Some(noise) => noise.apply(row.spike_counts, self.sequence),
+            None => row.spike_counts,
+        };
         let packet = DataPacket {
             timestamp,
             sequence_number: self.sequence,
-            row: self.table.row(bin),
+            row: Row {
+                spike_counts,
+                ..row
+            },
             channel_ids: self.table.channel_ids(),
         };
         let mut slots = [None; 2];
@@ -263,6 +274,7 @@ impl TimingLoop {
                 continue;
             }
             frame.sequence_number = self.sequence;
+            frame.bin = bin;
             frame.tick = woke;
             slots[index] = Some(slot);
         }

@@ -17,7 +17,7 @@ use super::router::{route, ControlAction, Endpoint};
 use super::server::Context;
 use super::websocket;
 use crate::dataset::BIN_SECONDS;
-use crate::engine::{Command, Filter, Playback, Session};
+use crate::engine::{Command, Filter, NoiseConfig, Playback, Session};
 use crate::metrics::report;
 
 /// Answers one request (or hands it to the WebSocket upgrade).
@@ -122,7 +122,11 @@ fn dispatch(
         Endpoint::Health => ok(health(ctx)),
         Endpoint::CreateSession => {
             let code = params.string("custom_code")?;
-            let session = ctx.registry.create(code.as_deref())?;
+            let noise = match params.value("noise") {
+                Some(value) => noise_from(value)?,
+                None => ctx.registry.config().noise,
+            };
+            let session = ctx.registry.create_with(code.as_deref(), noise)?;
             log::info!("session {} created", session.code());
             ok(json!({
                 "session_code": session.code(),
@@ -282,9 +286,9 @@ fn filter_json(filter: Option<Filter>) -> Value {
 
 fn session_info(ctx: &Context, request: &Request, session: &Session) -> Value {
     let status = session.status();
-    let (filter, clients) = {
+    let (filter, clients, noise) = {
         let state = session.state();
-        (state.filter, state.clients.len())
+        (state.filter, state.clients.len(), state.noise)
     };
     json!({
         "session_code": session.code(),
@@ -296,6 +300,8 @@ fn session_info(ctx: &Context, request: &Request, session: &Session) -> Value {
         "is_paused": status.paused.load(Relaxed),
         "started": status.started.load(Relaxed),
         "filter": filter_json(filter),
+        "noise": noise,
+        "noise_seed": noise.seed.unwrap_or(session.seed()),
         "current_index": status.position.load(Relaxed),
         "position_seconds": f64::from(status.position.load(Relaxed)) * BIN_SECONDS,
         "sequence_number": status.sequence.load(Relaxed),
@@ -331,6 +337,7 @@ fn control(
     let session = ctx.registry.require(code)?;
     let cors = ctx.config.cors_origin.as_str();
     let (command, status) = match action {
+        ControlAction::Noise => return set_noise(ctx, &session, params),
         ControlAction::Pause => (Command::Pause, "paused"),
         ControlAction::Resume => (Command::Resume, "resumed"),
         ControlAction::Stop => (Command::Stop, "stopped"),
@@ -431,6 +438,40 @@ fn metrics(ctx: &Context, request: &Request, params: &Params) -> Result<Reply, A
         &report::json(&ctx.registry, only.as_deref()),
         cors,
     ))
+}
+
+/// `POST /api/control/{code}/noise`: a `preset` (query or body) or a body of settings.
+fn set_noise(ctx: &Context, session: &Session, params: &Params) -> Result<Reply, ApiError> {
+    let noise = match params.value("preset") {
+        Some(preset) => noise_from(preset)?,
+        None => noise_from(Value::Object(params.body().clone()))?,
+    };
+    session.set_noise(noise, ctx.registry.table().num_units())?;
+    log::info!("session {}: noise set to {noise:?}", session.code());
+    let body = json!({ "status": "noise_set", "session_code": session.code(), "noise": noise });
+    Ok(json_reply(200, &body, &ctx.config.cors_origin))
+}
+
+/// A noise setting from a preset name or a JSON object of [`NoiseConfig`] fields (fields
+/// left out take their clean values).
+fn noise_from(value: Value) -> Result<NoiseConfig, ApiError> {
+    let noise = match value {
+        Value::String(name) => NoiseConfig::preset(&name).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown noise preset {name:?}; use one of {}",
+                NoiseConfig::PRESETS.join(", ")
+            ))
+        })?,
+        object @ Value::Object(_) => serde_json::from_value::<NoiseConfig>(object)
+            .map_err(|e| ApiError::bad_request(format!("invalid noise settings: {e}")))?,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "noise must be a preset name or an object of settings, got {other}"
+            )))
+        }
+    };
+    noise.validate().map_err(ApiError::bad_request)?;
+    Ok(noise)
 }
 
 fn parse_id(raw: &str, what: &str) -> Result<u32, ApiError> {

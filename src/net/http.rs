@@ -187,6 +187,19 @@ impl Params {
         self.body.get(name).filter(|v| !v.is_null()).map(Err)
     }
 
+    /// A parameter as JSON: a query value as a JSON string, a body value as it is.
+    pub fn value(&self, name: &str) -> Option<Value> {
+        match self.raw(name)? {
+            Ok(s) => Some(Value::String(s.to_string())),
+            Err(v) => Some(v.clone()),
+        }
+    }
+
+    /// The JSON body object.
+    pub fn body(&self) -> &Map<String, Value> {
+        &self.body
+    }
+
     /// A string parameter.
     pub fn string(&self, name: &str) -> Result<Option<String>, ApiError> {
         match self.raw(name) {

@@ -16,6 +16,8 @@ pub enum ControlAction {
     Stop,
     /// Jump to a position.
     Seek,
+    /// Change the session's noise, drift, dropout and delay line.
+    Noise,
 }
 
 /// Every endpoint of the server.
@@ -98,6 +100,7 @@ pub fn route(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
                 "resume" => ControlAction::Resume,
                 "stop" => ControlAction::Stop,
                 "seek" => ControlAction::Seek,
+                "noise" => ControlAction::Noise,
                 _ => return Err(not_found(path)),
             };
             (

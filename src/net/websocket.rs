@@ -167,15 +167,15 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
     let metadata = metadata_frame(ctx, &session, client.format, stream_url);
     let (replies_tx, replies_rx) = crossbeam_channel::bounded(MAX_PENDING_REPLIES);
     let reader_done = Arc::new(AtomicBool::new(false));
-    let writer = Writer {
+    let writer = Writer::new(
         socket,
-        ring: consumer,
-        control: replies_rx,
-        client: Arc::clone(&client),
-        session: Arc::clone(&session),
-        reader_done: Arc::clone(&reader_done),
-        _upgraded: upgraded,
-    };
+        consumer,
+        replies_rx,
+        Arc::clone(&client),
+        Arc::clone(&session),
+        Arc::clone(&reader_done),
+        upgraded,
+    );
     let writer_ctx = Arc::clone(ctx);
     let writer_session = Arc::clone(&session);
     let writer_client = Arc::clone(&client);

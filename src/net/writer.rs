@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg32;
 use rtrb::Consumer;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::{CloseFrame, Frame as WsFrame};
@@ -26,20 +28,17 @@ const CLOSE_GRACE: Duration = Duration::from_millis(300);
 
 /// Everything a writer thread owns.
 pub struct Writer {
-    /// The client's socket (a duplicate of the reader's).
-    pub socket: TcpStream,
-    /// Frames from the session's timing thread.
-    pub ring: Consumer<Arc<Frame>>,
-    /// Control frames (already encoded) from the reader.
-    pub control: Receiver<Vec<u8>>,
-    /// Shared client state.
-    pub client: Arc<ClientShared>,
-    /// The session, whose latency histogram aggregates every client's.
-    pub session: Arc<Session>,
-    /// Set by the reader when it has ended (client closed or vanished).
-    pub reader_done: Arc<AtomicBool>,
+    socket: TcpStream,
+    ring: Consumer<Arc<Frame>>,
+    control: Receiver<Vec<u8>>,
+    client: Arc<ClientShared>,
+    session: Arc<Session>,
+    reader_done: Arc<AtomicBool>,
     /// Kept alive until the writer ends: dropping it shuts the connection down.
-    pub _upgraded: Box<dyn tiny_http::ReadWrite + Send>,
+    _upgraded: Box<dyn tiny_http::ReadWrite + Send>,
+    /// Delay line: jitter draws, and the last release time so jitter never reorders packets.
+    rng: Pcg32,
+    last_due: Instant,
 }
 
 /// How a writer ended.
@@ -52,6 +51,32 @@ pub enum WriterExit {
 }
 
 impl Writer {
+    /// A writer for `client`: `socket` is its own duplicate of the connection, `ring` brings
+    /// frames from the timing thread, `control` brings the reader's replies, `reader_done`
+    /// says the reader has ended, and `upgraded` is tiny_http's handle on the connection.
+    pub fn new(
+        socket: TcpStream,
+        ring: Consumer<Arc<Frame>>,
+        control: Receiver<Vec<u8>>,
+        client: Arc<ClientShared>,
+        session: Arc<Session>,
+        reader_done: Arc<AtomicBool>,
+        upgraded: Box<dyn tiny_http::ReadWrite + Send>,
+    ) -> Self {
+        let rng = Pcg32::seed_from_u64(client.id);
+        Self {
+            socket,
+            ring,
+            control,
+            client,
+            session,
+            reader_done,
+            _upgraded: upgraded,
+            rng,
+            last_due: Instant::now(),
+        }
+    }
+
     /// Sends `metadata`, then streams until the connection ends.
     pub fn run(mut self, metadata: Frame) -> WriterExit {
         let exit = self.stream(metadata);
@@ -89,6 +114,9 @@ impl Writer {
                 self.client
                     .ring_wait
                     .record(frame.tick.elapsed().as_nanos() as u64);
+                if let Some(exit) = self.hold(&frame) {
+                    return exit;
+                }
                 if let Err(e) = self.write_counted(frame.bytes()) {
                     return self.failed(e);
                 }
@@ -103,6 +131,34 @@ impl Writer {
                 // an unpark that raced with the ring check makes it return at once.
                 std::thread::park_timeout(IDLE_PARK);
             }
+        }
+    }
+
+    /// The session's delay line: waits until the frame is due (tick + latency + jitter, never
+    /// before the previous frame). Returns early if the client is asked to close meanwhile.
+    fn hold(&mut self, frame: &Frame) -> Option<WriterExit> {
+        let status = self.session.status();
+        let delay = status.delay_us.load(Relaxed);
+        let jitter = status.jitter_us.load(Relaxed);
+        if delay == 0 && jitter == 0 {
+            return None;
+        }
+        let extra = if jitter > 0 {
+            self.rng.gen_range(0..=jitter)
+        } else {
+            0
+        };
+        let due = (frame.tick + Duration::from_micros(delay + extra)).max(self.last_due);
+        self.last_due = due;
+        loop {
+            if let Some(reason) = self.client.close_requested() {
+                return Some(WriterExit::Closed(reason));
+            }
+            let now = Instant::now();
+            if now >= due {
+                return None;
+            }
+            std::thread::sleep((due - now).min(Duration::from_millis(20)));
         }
     }
 
