@@ -39,9 +39,9 @@ impl Write for ReplyRelay {
     /// tungstenite writes its whole output buffer (complete frames) per call, so each message
     /// on the channel is a run of whole frames and cannot split one.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.replies.try_send(buf.to_vec()).map_err(|_| {
-            io::Error::other("client is not reading its replies")
-        })?;
+        self.replies
+            .try_send(buf.to_vec())
+            .map_err(|_| io::Error::other("client is not reading its replies"))?;
         self.writer.unpark();
         Ok(buf.len())
     }
