@@ -45,7 +45,8 @@ fn serve(args: ServeArgs) -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            log::error!("{message}");
+            // Once, on stderr, whatever the log level (env_logger writes to stderr too, so
+            // logging it as well would print every fatal error twice).
             eprintln!("error: {message}");
             ExitCode::from(2)
         }
