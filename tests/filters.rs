@@ -254,3 +254,22 @@ fn seeking_outside_the_filter_is_a_conflict() {
     let reply = server.control(code, &format!("seek?position_seconds={seconds}"));
     assert_eq!(reply["packet_id"], range.start + 5);
 }
+
+#[test]
+fn a_session_left_filtered_plays_everything_for_the_next_unfiltered_client() {
+    let server = TestServer::start();
+    let code = "filter-left-behind";
+    let range = trial_range(3);
+    let mut filtered = server.ws(&format!("/stream/{code}?trial_id=3"));
+    filtered.metadata();
+    assert_eq!(filtered.next_data()["trial_id"], 3);
+    drop(filtered);
+    server.wait_for_clients(code, 0, Duration::from_secs(5));
+
+    let mut plain = server.ws(&format!("/stream/{code}"));
+    plain.metadata();
+    let first = plain.next_data();
+    assert_eq!(bin(&first), 0, "the whole recording plays again, from its start");
+    assert!(!range.contains(&bin(&first)));
+    assert_eq!(server.session(code)["filter"], Value::Null);
+}

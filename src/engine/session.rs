@@ -245,18 +245,21 @@ impl Session {
 
     /// Registers a client that is about to be upgraded. The filter check and the registration
     /// happen under one lock, so two clients asking for different filters cannot both win.
+    /// `whole` is the unfiltered playlist, restored when a client without a filter is the
+    /// first to join a session that an earlier client had filtered.
     pub fn attach(
         &self,
         client: Arc<ClientShared>,
         filter: Option<(Filter, Playlist)>,
+        whole: Playlist,
         max_clients: usize,
     ) -> Result<(), AttachError> {
         let mut state = self.state();
         if state.clients.len() >= max_clients {
             return Err(AttachError::SessionFull { max_clients });
         }
-        if let Some((wanted, playlist)) = filter {
-            if state.filter != Some(wanted) {
+        match filter {
+            Some((wanted, playlist)) if state.filter != Some(wanted) => {
                 if !state.clients.is_empty() {
                     return Err(AttachError::FilterConflict {
                         playing: state.filter,
@@ -266,6 +269,13 @@ impl Session {
                 self.send(Command::SetPlaylist(playlist))?;
                 state.filter = Some(wanted);
             }
+            // The first client of an idle session without a filter gets the whole recording
+            // back, rather than a filter some earlier client left behind.
+            None if state.clients.is_empty() && state.filter.is_some() => {
+                self.send(Command::SetPlaylist(whole))?;
+                state.filter = None;
+            }
+            _ => {}
         }
         state.clients.push(client);
         drop(state);

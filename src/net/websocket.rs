@@ -72,6 +72,7 @@ fn prepare(
     session.attach(
         Arc::clone(&client),
         filter,
+        registry.table().playlist_all(),
         registry.config().max_clients_per_session,
     )?;
     Ok(Prepared {
@@ -81,7 +82,12 @@ fn prepare(
         ticket,
         ring: RingBuffer::new(capacity),
         remote,
-        stream_url: format!("{}/stream/{code}", ctx.public_ws_base(Some(request))),
+        stream_url: match format {
+            WireFormat::Json => format!("{}/stream/{code}", ctx.public_ws_base(Some(request))),
+            WireFormat::MessagePack => {
+                format!("{}/stream/binary/{code}", ctx.public_ws_base(Some(request)))
+            }
+        },
     })
 }
 
