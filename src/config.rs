@@ -123,6 +123,9 @@ pub struct ServeArgs {
     /// Extra random delay per packet, ms (0–1000).
     #[arg(long, env = "PHANTOM_STREAM_JITTER_MS")]
     pub stream_jitter_ms: Option<f64>,
+    /// Decoder answers more than this many packets behind are counted late, not matched.
+    #[arg(long, env = "PHANTOM_FEEDBACK_WINDOW", default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub feedback_window: u64,
     /// Log level: error, warn, info, debug, trace (or an env_logger filter).
     #[arg(long, env = "PHANTOM_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -164,6 +167,7 @@ impl ServeArgs {
             spin: Duration::from_micros(self.spin_us),
             seed: self.seed,
             noise: self.noise_config().unwrap_or(NoiseConfig::OFF),
+            feedback_window: self.feedback_window as usize,
         }
     }
 

@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod config;
 pub mod dataset;
+pub mod decoder;
 pub mod engine;
 pub mod metrics;
 pub mod net;

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use phantomlink::dataset::synthetic::{generate, SyntheticConfig, TARGET_POSITIONS};
 use phantomlink::dataset::{BinnedRecording, PacketTable, Trial, BIN_SECONDS};
+use phantomlink::decoder::{RidgeTrainer, SpikeHistory};
 
 fn default_recording() -> &'static BinnedRecording {
     static RECORDING: OnceLock<BinnedRecording> = OnceLock::new();
@@ -48,54 +49,11 @@ fn trial_bins(rec: &BinnedRecording) -> Vec<(Trial, Range<usize>)> {
 // ---------------------------------------------------------------------------------------------
 // Decodability
 
-/// Spike counts of bins `bin - HISTORY + 1 ..= bin`, plus a bias, as (index, value) pairs with
-/// ascending indices; zero counts are left out, which is most of them.
-fn features(rec: &BinnedRecording, bin: usize, history: usize, out: &mut Vec<(usize, f64)>) {
+/// The spike history ending at `bin`, as the decoder sees it live.
+fn history_at(rec: &BinnedRecording, history: &mut SpikeHistory, bin: usize, depth: usize) {
     let units = rec.num_units;
-    out.clear();
-    out.push((0, 1.0));
-    for lag in 0..history {
-        let row = &rec.spike_counts[(bin - lag) * units..][..units];
-        for (unit, &count) in row.iter().enumerate() {
-            if count > 0 {
-                out.push((1 + lag * units + unit, f64::from(count)));
-            }
-        }
-    }
-}
-
-/// Factors symmetric positive definite `a` (row-major, lower triangle read) in place into
-/// its Cholesky factor `L` (lower triangle), `a = L Lᵀ`.
-fn cholesky(a: &mut [f64], n: usize) {
-    for j in 0..n {
-        let row_j = &a[j * n..][..j];
-        let diag = a[j * n + j] - row_j.iter().map(|v| v * v).sum::<f64>();
-        assert!(diag > 0.0, "normal equations not positive definite at {j}");
-        let pivot = diag.sqrt();
-        a[j * n + j] = pivot;
-        for i in j + 1..n {
-            let (upper, lower) = a.split_at_mut(i * n);
-            let row_j = &upper[j * n..][..j];
-            let row_i = &mut lower[..n];
-            let dot: f64 = row_i[..j].iter().zip(row_j).map(|(x, y)| x * y).sum();
-            row_i[j] = (row_i[j] - dot) / pivot;
-        }
-    }
-}
-
-/// Solves `L Lᵀ w = b` in place, given the factor from [`cholesky`].
-fn cholesky_solve(l: &[f64], n: usize, b: &mut [f64]) {
-    for i in 0..n {
-        let dot: f64 = l[i * n..][..i]
-            .iter()
-            .zip(&b[..i])
-            .map(|(x, y)| x * y)
-            .sum();
-        b[i] = (b[i] - dot) / l[i * n + i];
-    }
-    for i in (0..n).rev() {
-        let dot: f64 = (i + 1..n).map(|k| l[k * n + i] * b[k]).sum();
-        b[i] = (b[i] - dot) / l[i * n + i];
+    for b in bin + 1 - depth..=bin {
+        history.push(&rec.spike_counts[b * units..][..units]);
     }
 }
 
@@ -104,7 +62,6 @@ fn ridge_decoder_predicts_velocity_on_held_out_trials() {
     const HISTORY: usize = 5;
     const RIDGE: f64 = 100.0;
     let rec = default_recording();
-    let dims = 1 + HISTORY * rec.num_units;
     let mut train = Vec::new();
     let mut test = Vec::new();
     // Every fifth trial is held out: a fifth of the trials, spread over the session.
@@ -120,37 +77,21 @@ fn ridge_decoder_predicts_velocity_on_held_out_trials() {
         }
     }
 
-    let mut gram = vec![0.0; dims * dims];
-    let mut cross = [vec![0.0; dims], vec![0.0; dims]];
-    let mut active = Vec::with_capacity(dims);
+    let mut trainer = RidgeTrainer::new(rec.num_units, HISTORY, RIDGE);
+    let mut history = trainer.history();
     for &bin in &train {
-        features(rec, bin, HISTORY, &mut active);
-        let velocity = [rec.vx[bin], rec.vy[bin]];
-        for (a, &(i, xi)) in active.iter().enumerate() {
-            for &(j, xj) in &active[a..] {
-                gram[j * dims + i] += xi * xj;
-            }
-            cross[0][i] += xi * velocity[0];
-            cross[1][i] += xi * velocity[1];
-        }
+        history_at(rec, &mut history, bin, HISTORY);
+        trainer.add(&history, [rec.vx[bin], rec.vy[bin]]);
     }
-    // The bias is not shrunk.
-    for i in 1..dims {
-        gram[i * dims + i] += RIDGE;
-    }
-    cholesky(&mut gram, dims);
-    let mut weights = cross;
-    for w in &mut weights {
-        cholesky_solve(&gram, dims, w);
-    }
+    let mut decoder = trainer.finish().expect("normal equations solve");
 
     let mut truth = [Vec::new(), Vec::new()];
     let mut predicted = [Vec::new(), Vec::new()];
     for &bin in &test {
-        features(rec, bin, HISTORY, &mut active);
-        for (prediction, w) in predicted.iter_mut().zip(&weights) {
-            prediction.push(active.iter().map(|&(i, x)| w[i] * x).sum::<f64>());
-        }
+        history_at(rec, &mut history, bin, HISTORY);
+        let [vx, vy] = decoder.predict(&history);
+        predicted[0].push(vx);
+        predicted[1].push(vy);
         truth[0].push(rec.vx[bin]);
         truth[1].push(rec.vy[bin]);
     }

@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::time::SystemTime;
 
 use crate::codec::WireFormat;
+use std::sync::OnceLock;
+
+use super::feedback::{DecoderStats, SentLog};
 use crate::metrics::histogram::{AtomicHistogram, LATENCY};
 
 /// Why the server closes a client, with its WebSocket close code.
@@ -102,12 +105,27 @@ pub struct ClientShared {
     pub latency: AtomicHistogram,
     /// Tick → its writer took the packet from the ring, ns.
     pub ring_wait: AtomicHistogram,
+    /// The last packets written, for matching decoder answers.
+    pub sent: SentLog,
+    /// Decoder feedback figures, once the client sends any.
+    pub decoder: OnceLock<Box<DecoderStats>>,
     close: AtomicU8,
 }
 
 impl ClientShared {
     /// A freshly connected client.
     pub fn new(id: u64, remote: SocketAddr, format: WireFormat, ring_capacity: usize) -> Self {
+        Self::with_feedback_window(id, remote, format, ring_capacity, 40)
+    }
+
+    /// A freshly connected client whose decoder answers are matched over `window` packets.
+    pub fn with_feedback_window(
+        id: u64,
+        remote: SocketAddr,
+        format: WireFormat,
+        ring_capacity: usize,
+        window: usize,
+    ) -> Self {
         Self {
             id,
             remote,
@@ -117,6 +135,8 @@ impl ClientShared {
             counters: ClientCounters::default(),
             latency: AtomicHistogram::new(LATENCY),
             ring_wait: AtomicHistogram::new(LATENCY),
+            sent: SentLog::new(window),
+            decoder: OnceLock::new(),
             close: AtomicU8::new(0),
         }
     }
@@ -137,6 +157,8 @@ impl ClientShared {
     pub fn heap_bytes(&self) -> usize {
         self.latency.heap_bytes()
             + self.ring_wait.heap_bytes()
+            + self.sent.heap_bytes()
+            + self.decoder.get().map_or(0, |d| d.heap_bytes())
             + self.ring_capacity * std::mem::size_of::<usize>()
             + std::mem::size_of::<Self>()
     }

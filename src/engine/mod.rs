@@ -25,6 +25,7 @@
 mod client;
 mod command;
 mod fanout;
+pub mod feedback;
 mod noise;
 mod playback;
 pub mod realtime;

@@ -45,6 +45,8 @@ pub struct EngineConfig {
     pub seed: u64,
     /// Impairment of sessions that do not ask for their own.
     pub noise: NoiseConfig,
+    /// Decoder answers more than this many packets behind are counted late, not matched.
+    pub feedback_window: usize,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +63,7 @@ impl Default for EngineConfig {
             spin: Duration::from_micros(100),
             seed: 42,
             noise: NoiseConfig::OFF,
+            feedback_window: 40,
         }
     }
 }

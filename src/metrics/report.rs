@@ -14,6 +14,7 @@ use super::histogram::AtomicHistogram;
 use super::process::ProcessStats;
 use super::window::WINDOWS;
 use super::{Hist, LatencySummary};
+use crate::engine::feedback::DecoderStats;
 use crate::engine::{ClientShared, Registry, Session, SessionState};
 
 fn unix(time: SystemTime) -> f64 {
@@ -85,6 +86,23 @@ fn client_json(client: &ClientShared, now: SystemTime) -> Value {
         "ring_capacity": client.ring_capacity,
         "messages_received": counters.messages_received.load(Relaxed),
         "memory_bytes": client.heap_bytes(),
+        "decoder": client.decoder.get().map(|d| decoder_json(d)),
+    })
+}
+
+fn decoder_json(d: &DecoderStats) -> Value {
+    let total = d.target_total.load(Relaxed);
+    json!({
+        "round_trip_ms": summary(&d.round_trip),
+        "velocity_error": LatencySummary::scaled(&d.velocity_error.snapshot(), 1e3),
+        "position_error": LatencySummary::scaled(&d.position_error.snapshot(), 1e3),
+        "target_accuracy": (total > 0).then(|| d.target_correct.load(Relaxed) as f64 / total as f64),
+        "target_answers": total,
+        "messages": d.messages.load(Relaxed),
+        "matched": d.matched.load(Relaxed),
+        "late": d.late.load(Relaxed),
+        "unknown": d.unknown.load(Relaxed),
+        "malformed": d.malformed.load(Relaxed),
     })
 }
 
@@ -209,6 +227,22 @@ impl Exposition {
             &format!("{name}_sum"),
             labels,
             hist.mean() * hist.len() as f64 / 1e9,
+        );
+        self.sample(&format!("{name}_count"), labels, hist.len());
+    }
+}
+
+impl Exposition {
+    /// A summary with quantiles 0.5, 0.9, 0.99; values divided by `per_unit`.
+    fn summary(&mut self, name: &str, labels: &str, hist: &Hist, per_unit: f64) {
+        for q in [0.5, 0.9, 0.99] {
+            let value = hist.value_at_quantile(q) as f64 / per_unit;
+            self.sample(name, &format!("{labels},quantile=\"{q}\""), value);
+        }
+        self.sample(
+            &format!("{name}_sum"),
+            labels,
+            hist.mean() * hist.len() as f64 / per_unit,
         );
         self.sample(&format!("{name}_count"), labels, hist.len());
     }
@@ -393,6 +427,73 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
                 &client_label(s, c),
                 &c.ring_wait.snapshot(),
             );
+        }
+    }
+    x.family(
+        "phantomlink_decoder_round_trip_seconds",
+        "histogram",
+        "Packet written to a client's decoder answer for it received.",
+    );
+    for (s, st) in &states {
+        for c in &st.clients {
+            if let Some(d) = c.decoder.get() {
+                x.histogram(
+                    "phantomlink_decoder_round_trip_seconds",
+                    &client_label(s, c),
+                    &d.round_trip.snapshot(),
+                );
+            }
+        }
+    }
+    x.family(
+        "phantomlink_decoder_messages_total",
+        "counter",
+        "Decoder messages by outcome: matched, late, unknown (never sent), malformed.",
+    );
+    for (s, st) in &states {
+        for c in &st.clients {
+            if let Some(d) = c.decoder.get() {
+                for (outcome, n) in [
+                    ("matched", &d.matched),
+                    ("late", &d.late),
+                    ("unknown", &d.unknown),
+                    ("malformed", &d.malformed),
+                ] {
+                    x.sample(
+                        "phantomlink_decoder_messages_total",
+                        &format!("{},outcome=\"{outcome}\"", client_label(s, c)),
+                        n.load(Relaxed),
+                    );
+                }
+            }
+        }
+    }
+    for (name, help, unit_scale, pick) in [
+        (
+            "phantomlink_decoder_velocity_error_mm_per_second",
+            "Magnitude of decoded minus true velocity.",
+            1e3,
+            0usize,
+        ),
+        (
+            "phantomlink_decoder_position_error_mm",
+            "Distance of decoded from true position.",
+            1e3,
+            1,
+        ),
+    ] {
+        x.family(name, "summary", help);
+        for (s, st) in &states {
+            for c in &st.clients {
+                if let Some(d) = c.decoder.get() {
+                    let hist = if pick == 0 {
+                        d.velocity_error.snapshot()
+                    } else {
+                        d.position_error.snapshot()
+                    };
+                    x.summary(name, &client_label(s, c), &hist, unit_scale);
+                }
+            }
         }
     }
     drop(states);

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::Hist;
 
-/// One latency distribution in milliseconds.
+/// One distribution: milliseconds for latencies, the measured unit for decoding errors.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct LatencySummary {
     /// Mean, ms.
@@ -29,15 +29,21 @@ pub struct LatencySummary {
 }
 
 impl LatencySummary {
-    /// Summarises a histogram of nanoseconds; all zeros when it is empty.
+    /// Summarises a histogram of nanoseconds in milliseconds; all zeros when it is empty.
     pub fn from_nanos(hist: &Hist) -> Self {
+        Self::scaled(hist, 1e6)
+    }
+
+    /// Summarises a histogram whose values are `per_unit` to the reported unit (1e6 for
+    /// ns → ms, 1e3 for thousandths → units).
+    pub fn scaled(hist: &Hist, per_unit: f64) -> Self {
         if hist.is_empty() {
             return Self::default();
         }
-        let ms = |ns: u64| ns as f64 / 1e6;
+        let ms = |v: u64| v as f64 / per_unit;
         Self {
-            mean: hist.mean() / 1e6,
-            std: hist.stdev() / 1e6,
+            mean: hist.mean() / per_unit,
+            std: hist.stdev() / per_unit,
             max: ms(hist.max()),
             min: ms(hist.min()),
             p50: ms(hist.value_at_quantile(0.50)),

@@ -9,6 +9,7 @@
 
 mod api;
 mod http;
+mod inbound;
 mod reader;
 mod reaper;
 mod router;

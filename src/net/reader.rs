@@ -8,12 +8,18 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message, WebSocket};
 
+use super::inbound;
+use crate::dataset::PacketTable;
 use crate::engine::{ClientShared, CloseReason};
+
+/// Shortest interval between two error replies to one client.
+const ERROR_REPLY_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Largest message a client may send (decoder feedback is a few hundred bytes).
 pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
@@ -57,8 +63,11 @@ pub fn run(
     replies: Sender<Vec<u8>>,
     writer: Thread,
     client: Arc<ClientShared>,
+    table: Arc<PacketTable>,
     done: Arc<AtomicBool>,
 ) {
+    let error_replies = replies.clone();
+    let mut last_error_reply: Option<Instant> = None;
     let config = WebSocketConfig {
         max_message_size: Some(MAX_CLIENT_MESSAGE),
         max_frame_size: Some(MAX_CLIENT_MESSAGE),
@@ -72,8 +81,20 @@ pub fn run(
     let mut ws = WebSocket::from_raw_socket(relay, Role::Server, Some(config));
     loop {
         match ws.read() {
-            Ok(Message::Text(_) | Message::Binary(_)) => {
-                client.counters.messages_received.fetch_add(1, Relaxed);
+            Ok(message @ (Message::Text(_) | Message::Binary(_))) => {
+                let received = Instant::now();
+                let binary = matches!(message, Message::Binary(_));
+                let reply =
+                    inbound::handle(&message.into_data(), binary, &client, &table, received);
+                // Errors are answered at most ten times a second; the rest are only counted.
+                if let Some(frame) = reply {
+                    if last_error_reply.is_none_or(|t| t.elapsed() >= ERROR_REPLY_INTERVAL) {
+                        last_error_reply = Some(received);
+                        if error_replies.try_send(frame.bytes().to_vec()).is_ok() {
+                            writer.unpark();
+                        }
+                    }
+                }
             }
             // Pong replies and close replies are queued by tungstenite and flushed to the
             // relay at the start of the next read.

@@ -68,7 +68,13 @@ fn prepare(
     let session = registry.get_or_create(code)?;
     let (id, ticket) = registry.reserve_client()?;
     let capacity = registry.config().ring_capacity;
-    let client = Arc::new(ClientShared::new(id, remote, format, capacity));
+    let client = Arc::new(ClientShared::with_feedback_window(
+        id,
+        remote,
+        format,
+        capacity,
+        registry.config().feedback_window,
+    ));
     session.attach(
         Arc::clone(&client),
         filter,
@@ -229,6 +235,7 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
         writer_thread.unpark();
     }
     let reader_client = Arc::clone(&client);
+    let reader_table = Arc::clone(ctx.registry.table());
     let spawned = std::thread::Builder::new()
         .name(format!("ws-r-{}", client.id))
         .stack_size(CLIENT_STACK)
@@ -238,6 +245,7 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
                 replies_tx,
                 writer_thread,
                 reader_client,
+                reader_table,
                 reader_done,
             )
         });

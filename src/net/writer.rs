@@ -120,7 +120,11 @@ impl Writer {
                 if let Err(e) = self.write_counted(frame.bytes()) {
                     return self.failed(e);
                 }
-                let latency = frame.tick.elapsed().as_nanos() as u64;
+                let written = Instant::now();
+                self.client
+                    .sent
+                    .record(frame.sequence_number, frame.bin, written);
+                let latency = written.duration_since(frame.tick).as_nanos() as u64;
                 self.client.latency.record(latency);
                 self.session.status().latency.record(latency);
                 self.client.counters.packets_sent.fetch_add(1, Relaxed);
