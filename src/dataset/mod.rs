@@ -5,6 +5,7 @@
 //! Must never: be touched mutably after startup, or do I/O once streaming has begun. Every
 //! session holds an `Arc<PacketTable>` and building a packet is a row lookup.
 
+pub mod nwb;
 pub mod synthetic;
 mod table;
 
