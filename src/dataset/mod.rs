@@ -6,6 +6,7 @@
 //! session holds an `Arc<PacketTable>` and building a packet is a row lookup.
 
 mod load;
+pub mod nwb;
 pub mod synthetic;
 mod table;
 
