@@ -76,11 +76,11 @@ impl Thresholds {
     /// One line describing the limits.
     pub fn describe(&self) -> String {
         let span = match self.span.window_key() {
-            Some(key) => format!(" over {key}"),
+            Some(key) => format!(" ({key})"),
             None => String::new(),
         };
         let mut text = format!(
-            "network latency {stat} <= {} ms, timing error {stat} <= {} ms{span}, drop rate <= {}%, memory <= {} MB/session",
+            "network latency {stat}{span} <= {} ms, timing error {stat}{span} <= {} ms, drop rate <= {}%, memory <= {} MB/session",
             self.max_latency_ms,
             self.max_timing_error_ms,
             self.max_drop_rate * 100.0,

@@ -227,6 +227,10 @@ pub fn screen(
     if g.sessions.is_empty() {
         let _ = writeln!(out, "\n  no sessions");
     }
+    let windows: &[&str] = match thresholds.span.window_key() {
+        Some(key) if key != "1m" => &["1m", key],
+        _ => &["1m"],
+    };
     for (code, session) in &g.sessions {
         let before =
             previous.and_then(|p| p.report.metrics.sessions.get(code).map(|s| (s, p.seconds)));
@@ -240,6 +244,7 @@ pub fn screen(
             session,
             before,
             violations: &mine,
+            windows,
         };
         block.write(&mut out, style);
     }
@@ -260,6 +265,7 @@ struct Block<'a> {
     session: &'a Session,
     before: Option<(&'a Session, f64)>,
     violations: &'a [&'a Violation],
+    windows: &'a [&'a str],
 }
 
 impl Block<'_> {
@@ -337,17 +343,12 @@ impl Block<'_> {
         let _ = writeln!(out, "{}", style.dim(&header));
         latency_row(out, "timing error", &s.timing_error_ms);
         latency_row(out, "network latency", &s.network_latency_ms);
-        // Shortest window first (the JSON object's keys sort as 15m, 1m, 5m).
-        let mut windows: Vec<_> = s.windows.iter().collect();
-        windows.sort_by_key(|(name, _)| match name.as_str() {
-            "1m" => 0,
-            "5m" => 1,
-            "15m" => 2,
-            _ => 3,
-        });
-        for (name, w) in windows {
-            latency_row(out, &format!("  timing {name}"), &w.timing_error_ms);
-            latency_row(out, &format!("  network {name}"), &w.network_latency_ms);
+        // The last minute, and the window the thresholds judge if it is another one.
+        for name in self.windows {
+            if let Some(w) = s.windows.get(*name) {
+                latency_row(out, &format!("  timing {name}"), &w.timing_error_ms);
+                latency_row(out, &format!("  network {name}"), &w.network_latency_ms);
+            }
         }
         if !s.clients.is_empty() {
             let header = client_cells([
