@@ -341,6 +341,52 @@ fn check_prometheus(x: &Exposition, doc: &Value, openmetrics: bool) {
     }
 }
 
+/// The metric names in the guide, the alert rules and the Grafana dashboard are ones the
+/// server exports (with clients connected, so every family has samples).
+fn docs_use_exported_names(x: &Exposition) {
+    let mut known: std::collections::HashSet<String> = x
+        .families
+        .iter()
+        .flat_map(|f| f.samples.iter().map(|s| s.name.clone()))
+        .collect();
+    for f in &x.families {
+        known.insert(f.name.clone());
+        // OpenMetrics names counter families without `_total`.
+        known.insert(f.name.trim_end_matches("_total").to_string());
+    }
+    for doc in [
+        "docs/METRICS_GUIDE.md",
+        "docs/prometheus/alerts.yml",
+        "docs/prometheus/alerts_test.yml",
+        "docs/grafana/phantomlink.json",
+    ] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(doc);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{doc}: {e}"));
+        let mut names = 0;
+        for prefix in ["phantomlink_", "process_"] {
+            for (start, _) in text.match_indices(prefix) {
+                let before = text[..start].chars().next_back();
+                if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    continue; // inside a longer word
+                }
+                let name: String = text[start..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if name.ends_with('_') {
+                    continue; // a prefix in a regular expression
+                }
+                names += 1;
+                assert!(
+                    known.contains(&name),
+                    "{doc} uses {name}, which the server does not export"
+                );
+            }
+        }
+        assert!(names > 5, "{doc}: only {names} metric names");
+    }
+}
+
 #[test]
 fn json_and_prometheus_agree_with_the_clients() {
     let server = TestServer::start(engine());
@@ -394,6 +440,7 @@ fn json_and_prometheus_agree_with_the_clients() {
     check_prometheus(&x, &doc, false);
     let x = prometheus(&server, "", Some("text/plain"), false);
     check_prometheus(&x, &doc, false);
+    docs_use_exported_names(&x);
     let x = prometheus(
         &server,
         "",
