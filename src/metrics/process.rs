@@ -13,6 +13,8 @@ pub struct ProcessStats {
     pub threads: u64,
     /// Process start, Unix seconds.
     pub start_time_seconds: f64,
+    /// Time since the process started, seconds.
+    pub uptime_seconds: f64,
 }
 
 impl ProcessStats {
@@ -50,10 +52,23 @@ impl ProcessStats {
                 stats.cpu_seconds = (field(11) + field(12)) / ticks;
                 let start_ticks = field(19);
                 stats.start_time_seconds = boot_time() + start_ticks / ticks;
+                // Against the system's uptime (10 ms resolution), not btime (whole seconds).
+                if let Some(system_up) = system_uptime() {
+                    stats.uptime_seconds = (system_up - start_ticks / ticks).max(0.0);
+                }
             }
         }
         stats
     }
+}
+
+fn system_uptime() -> Option<f64> {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn boot_time() -> f64 {
@@ -79,5 +94,9 @@ mod tests {
         assert!(stats.rss_bytes > 100_000, "{stats:?}");
         assert!(stats.threads >= 1, "{stats:?}");
         assert!(stats.start_time_seconds > 1.0e9, "{stats:?}");
+        assert!(
+            stats.uptime_seconds > 0.0 && stats.uptime_seconds < 86_400.0,
+            "{stats:?}"
+        );
     }
 }

@@ -31,16 +31,14 @@ fn summary(hist: &AtomicHistogram) -> LatencySummary {
 pub fn json(registry: &Registry, only: Option<&str>) -> Value {
     let sessions = registry.sessions();
     let mut per_session = Map::new();
-    let mut active = 0;
+    // Server-wide, like total_sessions and total_connections, also when narrowed by `only`.
+    let active = sessions.iter().filter(|s| s.client_count() > 0).count();
     let now = Instant::now();
     for session in sessions
         .iter()
         .filter(|s| only.is_none_or(|c| c == s.code()))
     {
         let state = session.state();
-        if !state.clients.is_empty() {
-            active += 1;
-        }
         per_session.insert(
             session.code().to_string(),
             session_json(session, &state, now),

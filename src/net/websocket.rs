@@ -147,6 +147,13 @@ fn requested_filter(
     }
 }
 
+/// Kernel send buffer of a client's socket (Linux doubles it to 64 KiB: about 1.5 s of JSON
+/// packets). Left to autotuning it grows to megabytes — minutes of stream — so a client that
+/// stopped reading would get ever staler packets while its ring never filled: no drops, no
+/// ring high-water, no stall, and a tick→socket latency that hides the delay. Capped, the
+/// backlog shows up in the ring, where it is dropped and counted.
+const SEND_BUFFER: usize = 32 * 1024;
+
 fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
     let Prepared {
         accept_key,
@@ -171,6 +178,7 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
     let stall = ctx.registry.config().stall_timeout;
     let configured = socket
         .set_nodelay(true)
+        .and_then(|()| socket2::SockRef::from(&socket).set_send_buffer_size(SEND_BUFFER))
         .and_then(|()| socket.set_write_timeout(Some(stall)))
         .and_then(|()| socket.set_read_timeout(None))
         .and_then(|()| socket2::SockRef::from(&socket).set_send_buffer_size(SEND_BUFFER_BYTES));
