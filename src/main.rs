@@ -22,11 +22,16 @@ fn main() -> ExitCode {
     match cli.command {
         Some(CliCommand::Inspect { file }) => {
             init_logging("warn");
-            eprintln!(
-                "error: inspect is not available in this build ({})",
-                file.display()
-            );
-            ExitCode::from(2)
+            match phantomlink::dataset::nwb::inspect(&file) {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Some(CliCommand::Serve(args)) => serve(args),
         None => serve(cli.serve),

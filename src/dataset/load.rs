@@ -1,12 +1,13 @@
 //! Choosing and loading the dataset named on the command line.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Instant;
 
 use super::synthetic::{self, SyntheticConfig};
-use super::{DatasetError, PacketTable};
+use super::{nwb, DatasetError, PacketTable};
 
-/// Loads `spec` (`synthetic`, or a path to an NWB file) and bins it into a packet table.
+/// Loads `spec` (`synthetic`, or the path of an MC_Maze-layout NWB file) and bins it into a
+/// packet table.
 pub fn load_dataset(spec: &str, seed: u64) -> Result<PacketTable, DatasetError> {
     let started = Instant::now();
     let recording = if spec == "synthetic" {
@@ -15,10 +16,7 @@ pub fn load_dataset(spec: &str, seed: u64) -> Result<PacketTable, DatasetError> 
             ..SyntheticConfig::default()
         })
     } else {
-        return Err(DatasetError::Invalid {
-            path: PathBuf::from(spec),
-            detail: "NWB files are not supported by this build yet; use --dataset synthetic".into(),
-        });
+        nwb::load(Path::new(spec))?
     };
     let table = PacketTable::new(recording)?;
     log::info!(

@@ -23,13 +23,6 @@ use crate::engine::{ClientShared, CloseReason, Command, Filter, Playlist, Sessio
 /// Stack of client threads: they hold little on the stack; 256 KiB leaves ample margin.
 const CLIENT_STACK: usize = 256 * 1024;
 
-/// Kernel send buffer of a streaming socket (Linux doubles it for bookkeeping). Left to
-/// autotuning, it grows to `tcp_wmem` max (4 MiB by default: about 90 s of JSON stream), so a
-/// client that stops reading would keep "receiving" for minutes, ever further behind, before
-/// its ring filled: no drops, no stall timeout. 64 KiB holds one to two seconds of stream and
-/// still leaves ample headroom for a 40 Hz stream over a long round trip.
-const SEND_BUFFER_BYTES: usize = 64 * 1024;
-
 /// Handles `GET /stream[/binary]/{code}`: answers errors itself, or upgrades and starts the
 /// client's threads.
 pub fn connect(ctx: &Arc<Context>, request: Request, code: &str, format: WireFormat, query: &str) {
@@ -180,8 +173,7 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
         .set_nodelay(true)
         .and_then(|()| socket2::SockRef::from(&socket).set_send_buffer_size(SEND_BUFFER))
         .and_then(|()| socket.set_write_timeout(Some(stall)))
-        .and_then(|()| socket.set_read_timeout(None))
-        .and_then(|()| socket2::SockRef::from(&socket).set_send_buffer_size(SEND_BUFFER_BYTES));
+        .and_then(|()| socket.set_read_timeout(None));
     let reader_socket = configured.and_then(|()| socket.try_clone());
     let reader_socket = match reader_socket {
         Ok(s) => s,

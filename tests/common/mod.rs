@@ -99,10 +99,19 @@ impl TestServer {
     }
 
     /// A server with exactly these settings (the port is forced to 0, the host to loopback).
-    pub fn with_configs(engine: EngineConfig, mut network: ServerConfig) -> Self {
+    pub fn with_configs(engine: EngineConfig, network: ServerConfig) -> Self {
+        Self::serving(table(), engine, network)
+    }
+
+    /// A server of another dataset, with test settings.
+    pub fn of(dataset: Arc<PacketTable>) -> Self {
+        Self::serving(dataset, test_engine_config(), test_server_config())
+    }
+
+    fn serving(dataset: Arc<PacketTable>, engine: EngineConfig, mut network: ServerConfig) -> Self {
         network.host = "127.0.0.1".into();
         network.port = 0;
-        let registry = Arc::new(Registry::new(table(), engine));
+        let registry = Arc::new(Registry::new(dataset, engine));
         let server = Server::start(registry, network).expect("test server starts");
         let addr = server.local_addr();
         Self {

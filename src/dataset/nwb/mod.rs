@@ -420,7 +420,7 @@ fn load_unguarded(path: &Path) -> Result<(BinnedRecording, NwbReport), DatasetEr
     }
     if num_bins
         .checked_mul(num_units)
-        .map_or(true, |cells| cells > MAX_COUNT_CELLS)
+        .is_none_or(|cells| cells > MAX_COUNT_CELLS)
     {
         return Err(file.invalid(format!(
             "{num_bins} bins x {num_units} units is more than this loader holds; is \
