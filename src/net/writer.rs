@@ -46,6 +46,10 @@ pub struct Writer {
 pub enum WriterExit {
     /// The server closed the connection for this reason.
     Closed(CloseReason),
+    /// A write timed out, possibly inside a frame, so the stream could not be closed cleanly
+    /// (a close frame after half a frame would be garbage to the client): the connection was
+    /// cut. The reason is counted as for `Closed`.
+    Broken(CloseReason),
     /// The client closed it or went away.
     PeerGone,
 }
@@ -80,11 +84,16 @@ impl Writer {
     /// Sends `metadata`, then streams until the connection ends.
     pub fn run(mut self, metadata: Frame) -> WriterExit {
         let exit = self.stream(metadata);
-        if let WriterExit::Closed(reason) = exit {
-            if reason == CloseReason::Stalled {
-                self.session.status().clients_stalled.fetch_add(1, Relaxed);
+        match exit {
+            WriterExit::Closed(reason) | WriterExit::Broken(reason) => {
+                if reason == CloseReason::Stalled {
+                    self.session.status().clients_stalled.fetch_add(1, Relaxed);
+                }
+                if matches!(exit, WriterExit::Closed(_)) {
+                    self.close(reason);
+                }
             }
-            self.close(reason);
+            WriterExit::PeerGone => {}
         }
         let _ = self.socket.shutdown(Shutdown::Both);
         exit
@@ -178,9 +187,10 @@ impl Writer {
     /// A failed write: a timeout means the client stopped reading; anything else means it left.
     fn failed(&self, error: io::Error) -> WriterExit {
         match error.kind() {
+            // The write may have stopped inside a frame: no close frame may follow it.
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
                 self.client.request_close(CloseReason::Stalled);
-                WriterExit::Closed(CloseReason::Stalled)
+                WriterExit::Broken(CloseReason::Stalled)
             }
             _ => WriterExit::PeerGone,
         }
