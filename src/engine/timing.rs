@@ -183,12 +183,14 @@ impl TimingLoop {
             Command::Subscribe(subscriber) => {
                 let format = subscriber.client.format.index();
                 self.per_format[format] += 1;
-                let slots = self.config.ring_capacity + 8;
-                let pool =
-                    self.pools[format].get_or_insert_with(|| FramePool::new(slots, FRAME_CAPACITY));
-                self.status
-                    .frame_pool_bytes
-                    .fetch_add(pool.heap_bytes(), Relaxed);
+                if self.pools[format].is_none() {
+                    // The first client of a format: its pool, counted once.
+                    let pool = FramePool::new(self.config.ring_capacity + 8, FRAME_CAPACITY);
+                    self.status
+                        .frame_pool_bytes
+                        .fetch_add(pool.heap_bytes(), Relaxed);
+                    self.pools[format] = Some(pool);
+                }
                 self.subscribers.push(subscriber);
                 self.status
                     .subscribers
@@ -341,5 +343,59 @@ impl TimingLoop {
     /// Sequence number of the last packet generated.
     pub fn sequence(&self) -> u64 {
         self.sequence
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Frame, WireFormat};
+    use crate::dataset::synthetic::{generate, SyntheticConfig};
+    use crate::engine::ClientShared;
+
+    #[test]
+    fn frame_pools_are_counted_once_per_format() {
+        let table = Arc::new(
+            PacketTable::new(generate(&SyntheticConfig {
+                num_bins: 200,
+                num_trials: 2,
+                ..SyntheticConfig::default()
+            }))
+            .unwrap(),
+        );
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        let status = Arc::new(SessionStatus::new());
+        let config = TimingConfig {
+            phase: Duration::ZERO,
+            epoch: Instant::now(),
+            stall_timeout: Duration::from_secs(1),
+            ring_capacity: 8,
+            max_clients: 8,
+            spin: Duration::ZERO,
+        };
+        let mut timing = TimingLoop::new(table, rx, Arc::clone(&status), config);
+        let mut rings = Vec::new();
+        for (id, format) in [WireFormat::Json, WireFormat::Json, WireFormat::MessagePack]
+            .into_iter()
+            .enumerate()
+        {
+            let (producer, consumer) = rtrb::RingBuffer::<Arc<Frame>>::new(8);
+            let client = Arc::new(ClientShared::new(
+                id as u64,
+                "127.0.0.1:1".parse().unwrap(),
+                format,
+                8,
+            ));
+            tx.send(Command::Subscribe(Subscriber::new(
+                producer,
+                client,
+                std::thread::current(),
+            )))
+            .unwrap();
+            rings.push(consumer);
+        }
+        timing.drain_commands();
+        let one_pool = FramePool::new(16, FRAME_CAPACITY).heap_bytes();
+        assert_eq!(status.frame_pool_bytes.load(Relaxed), 2 * one_pool);
     }
 }
