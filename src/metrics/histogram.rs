@@ -47,6 +47,9 @@ pub struct AtomicHistogram {
     config: HistConfig,
     counts: Box<[AtomicU32]>,
     total: AtomicU64,
+    /// Lowest and highest bucket ever used, so readers scan only that span.
+    min_index: AtomicU32,
+    max_index: AtomicU32,
     unit_magnitude: u32,
     sub_bucket_half_count_magnitude: u32,
     sub_bucket_half_count: u64,
@@ -80,6 +83,8 @@ impl AtomicHistogram {
             config,
             counts: (0..len).map(|_| AtomicU32::new(0)).collect(),
             total: AtomicU64::new(0),
+            min_index: AtomicU32::new(u32::MAX),
+            max_index: AtomicU32::new(0),
             unit_magnitude,
             sub_bucket_half_count_magnitude,
             sub_bucket_half_count,
@@ -94,6 +99,14 @@ impl AtomicHistogram {
         let index = self.index_for(nanos.min(self.config.highest));
         self.counts[index].fetch_add(1, Relaxed);
         self.total.fetch_add(1, Relaxed);
+        // A plain load first: the read-modify-writes only happen when the span widens.
+        let i = index as u32;
+        if i > self.max_index.load(Relaxed) {
+            self.max_index.fetch_max(i, Relaxed);
+        }
+        if i < self.min_index.load(Relaxed) {
+            self.min_index.fetch_min(i, Relaxed);
+        }
     }
 
     #[inline]
@@ -169,9 +182,60 @@ impl AtomicHistogram {
         }
     }
 
+    /// Calls `f(index, increase)` for every bucket above `seen` (counts as of an earlier
+    /// [`Self::changes_since`]), without updating it.
+    pub fn changes_from(&self, seen: &[u32], mut f: impl FnMut(usize, u32)) {
+        for (index, count) in self.counts.iter().enumerate() {
+            let now = count.load(Relaxed);
+            let before = seen.get(index).copied().unwrap_or(0);
+            if now != before {
+                f(index, now.wrapping_sub(before));
+            }
+        }
+    }
+
     /// The lowest value of the bucket at `index` (for interpreting [`Self::changes_since`]).
     pub fn bucket_value(&self, index: usize) -> u64 {
         self.value_from_index(index)
+    }
+
+    /// The highest value that falls in the bucket at `index`.
+    pub fn bucket_highest(&self, index: usize) -> u64 {
+        let lowest = self.value_from_index(index);
+        let bucket = (index as u64 >> self.sub_bucket_half_count_magnitude).saturating_sub(1);
+        lowest + (1u64 << (bucket as u32 + self.unit_magnitude)) - 1
+    }
+
+    /// The middle of the bucket at `index` (what a mean counts a value as, as hdrhistogram does).
+    pub fn bucket_middle(&self, index: usize) -> u64 {
+        let lowest = self.value_from_index(index);
+        lowest + (self.bucket_highest(index) - lowest).div_ceil(2)
+    }
+
+    /// Non-empty buckets as `(index, count)`, ascending: a snapshot that costs one pass of
+    /// loads and a vector the size of the distinct values, not the histogram.
+    pub fn counts(&self) -> Vec<(u32, u64)> {
+        let span = self.used_span();
+        let mut out = Vec::new();
+        for (index, count) in self.counts[span.clone()].iter().enumerate() {
+            let count = count.load(Relaxed);
+            if count > 0 {
+                out.push(((span.start + index) as u32, u64::from(count)));
+            }
+        }
+        out
+    }
+
+    /// Indices that may hold counts. A value being recorded right now may land just outside
+    /// and be read on the next snapshot, as with any value recorded after a snapshot.
+    fn used_span(&self) -> std::ops::Range<usize> {
+        let low = self.min_index.load(Relaxed) as usize;
+        let high = self.max_index.load(Relaxed) as usize;
+        if low > high {
+            0..0
+        } else {
+            low..(high + 1).min(self.counts.len())
+        }
     }
 
     /// Bytes of heap the counts occupy.

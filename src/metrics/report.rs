@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use super::histogram::AtomicHistogram;
 use super::process::ProcessStats;
 use super::window::WINDOWS;
-use super::{Hist, LatencySummary};
+use super::LatencySummary;
 use crate::engine::feedback::DecoderStats;
 use crate::engine::{ClientShared, Registry, Session, SessionState};
 
@@ -24,7 +24,7 @@ fn unix(time: SystemTime) -> f64 {
 }
 
 fn summary(hist: &AtomicHistogram) -> LatencySummary {
-    LatencySummary::from_nanos(&hist.snapshot())
+    LatencySummary::of(hist)
 }
 
 /// The JSON document of `GET /metrics`, for every session or only `only`.
@@ -92,8 +92,8 @@ fn decoder_json(d: &DecoderStats) -> Value {
     let total = d.target_total.load(Relaxed);
     json!({
         "round_trip_ms": summary(&d.round_trip),
-        "velocity_error": LatencySummary::scaled(&d.velocity_error.snapshot(), 1e3),
-        "position_error": LatencySummary::scaled(&d.position_error.snapshot(), 1e3),
+        "velocity_error": LatencySummary::from_counts(&d.velocity_error, &d.velocity_error.counts(), 1e3),
+        "position_error": LatencySummary::from_counts(&d.position_error, &d.position_error.counts(), 1e3),
         "target_accuracy": (total > 0).then(|| d.target_correct.load(Relaxed) as f64 / total as f64),
         "target_answers": total,
         "messages": d.messages.load(Relaxed),
@@ -128,14 +128,13 @@ fn session_json(session: &Session, state: &SessionState, now: Instant) -> Value 
     let totals = totals(state);
     let memory = session.heap_bytes(state);
     let age = session.age().as_secs_f64().max(1e-3);
+    let lateness = state.lateness_windows.summaries(&status.lateness, now, 1e6);
+    let latency = state.latency_windows.summaries(&status.latency, now, 1e6);
     let mut windows = Map::new();
-    for (name, span) in WINDOWS {
+    for (i, (name, _)) in WINDOWS.iter().enumerate() {
         windows.insert(
             name.to_string(),
-            json!({
-                "timing_error_ms": LatencySummary::from_nanos(&state.lateness_windows.window(&status.lateness, span, now)),
-                "network_latency_ms": LatencySummary::from_nanos(&state.latency_windows.window(&status.latency, span, now)),
-            }),
+            json!({ "timing_error_ms": lateness[i], "network_latency_ms": latency[i] }),
         );
     }
     json!({
@@ -199,13 +198,17 @@ impl Exposition {
     /// `_bucket`, `_sum` and `_count` of a histogram of nanoseconds. Each bucket counts the
     /// HDR counts whose whole equivalent range lies at or below its bound, so `_count` equals
     /// the JSON `count` exactly.
-    fn histogram(&mut self, name: &str, labels: &str, hist: &Hist) {
+    fn histogram(&mut self, name: &str, labels: &str, hist: &AtomicHistogram) {
+        let counts = hist.counts();
         let mut cumulative = [0u64; BUCKETS_SECONDS.len()];
-        for value in hist.iter_recorded() {
-            let seconds = hist.highest_equivalent(value.value_iterated_to()) as f64 / 1e9;
+        let (mut total, mut sum) = (0u64, 0.0);
+        for &(index, count) in &counts {
+            total += count;
+            sum += hist.bucket_middle(index as usize) as f64 * count as f64;
+            let seconds = hist.bucket_highest(index as usize) as f64 / 1e9;
             for (bound, slot) in BUCKETS_SECONDS.iter().zip(cumulative.iter_mut()) {
                 if seconds <= *bound {
-                    *slot += value.count_at_value();
+                    *slot += count;
                 }
             }
         }
@@ -219,30 +222,26 @@ impl Exposition {
         self.sample(
             &format!("{name}_bucket"),
             &format!("{labels},le=\"+Inf\""),
-            hist.len(),
+            total,
         );
-        self.sample(
-            &format!("{name}_sum"),
-            labels,
-            hist.mean() * hist.len() as f64 / 1e9,
-        );
-        self.sample(&format!("{name}_count"), labels, hist.len());
+        self.sample(&format!("{name}_sum"), labels, sum / 1e9);
+        self.sample(&format!("{name}_count"), labels, total);
     }
 }
 
 impl Exposition {
     /// A summary with quantiles 0.5, 0.9, 0.99; values divided by `per_unit`.
-    fn summary(&mut self, name: &str, labels: &str, hist: &Hist, per_unit: f64) {
-        for q in [0.5, 0.9, 0.99] {
-            let value = hist.value_at_quantile(q) as f64 / per_unit;
+    fn summary(&mut self, name: &str, labels: &str, hist: &AtomicHistogram, per_unit: f64) {
+        let summary = LatencySummary::from_counts(hist, &hist.counts(), per_unit);
+        for (q, value) in [(0.5, summary.p50), (0.9, summary.p90), (0.99, summary.p99)] {
             self.sample(name, &format!("{labels},quantile=\"{q}\""), value);
         }
         self.sample(
             &format!("{name}_sum"),
             labels,
-            hist.mean() * hist.len() as f64 / per_unit,
+            summary.mean * summary.count as f64,
         );
-        self.sample(&format!("{name}_count"), labels, hist.len());
+        self.sample(&format!("{name}_count"), labels, summary.count);
     }
 }
 
@@ -396,7 +395,7 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
         x.histogram(
             "phantomlink_tick_lateness_seconds",
             &session_label(s),
-            &s.status().lateness.snapshot(),
+            &s.status().lateness,
         );
     }
     x.family(
@@ -409,7 +408,7 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
             x.histogram(
                 "phantomlink_network_latency_seconds",
                 &client_label(s, c),
-                &c.latency.snapshot(),
+                &c.latency,
             );
         }
     }
@@ -423,7 +422,7 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
             x.histogram(
                 "phantomlink_ring_wait_seconds",
                 &client_label(s, c),
-                &c.ring_wait.snapshot(),
+                &c.ring_wait,
             );
         }
     }
@@ -438,7 +437,7 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
                 x.histogram(
                     "phantomlink_decoder_round_trip_seconds",
                     &client_label(s, c),
-                    &d.round_trip.snapshot(),
+                    &d.round_trip,
                 );
             }
         }
@@ -485,11 +484,11 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
             for c in &st.clients {
                 if let Some(d) = c.decoder.get() {
                     let hist = if pick == 0 {
-                        d.velocity_error.snapshot()
+                        &d.velocity_error
                     } else {
-                        d.position_error.snapshot()
+                        &d.position_error
                     };
-                    x.summary(name, &client_label(s, c), &hist, unit_scale);
+                    x.summary(name, &client_label(s, c), hist, unit_scale);
                 }
             }
         }

@@ -9,7 +9,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::histogram::{AtomicHistogram, Hist};
+use super::histogram::AtomicHistogram;
+use super::LatencySummary;
 
 /// How often intervals are cut.
 pub const ROTATE_EVERY: Duration = Duration::from_secs(15);
@@ -68,24 +69,44 @@ impl Windows {
         }
     }
 
-    /// What was recorded in roughly the last `span`.
-    pub fn window(&self, hist: &AtomicHistogram, span: Duration, now: Instant) -> Hist {
-        let mut out = hist.empty_like();
-        for interval in self
-            .intervals
-            .iter()
-            .filter(|i| now.duration_since(i.start) <= span)
-        {
-            for &(index, count) in &interval.counts {
-                let _ = out.record_n(hist.bucket_value(index as usize), u64::from(count));
-            }
+    /// Summaries of every window in [`WINDOWS`] (values divided by `per_unit`). The live
+    /// part (since the last rotation) is read once and shared by the three.
+    pub fn summaries(
+        &self,
+        hist: &AtomicHistogram,
+        now: Instant,
+        per_unit: f64,
+    ) -> [LatencySummary; 3] {
+        let mut live = Vec::new();
+        if self.seen.is_empty() {
+            live = hist.counts();
+        } else {
+            hist.changes_from(&self.seen, |index, count| {
+                live.push((index as u32, u64::from(count)))
+            });
         }
-        // Since the last rotation: the live counts above what was seen then.
-        let mut seen = self.seen.clone();
-        hist.changes_since(&mut seen, |index, count| {
-            let _ = out.record_n(hist.bucket_value(index), u64::from(count));
-        });
-        out
+        WINDOWS.map(|(_, span)| {
+            let mut counts = live.clone();
+            counts.extend(
+                self.intervals
+                    .iter()
+                    .filter(|i| now.duration_since(i.start) <= span)
+                    .flat_map(|i| {
+                        i.counts
+                            .iter()
+                            .map(|&(index, count)| (index, u64::from(count)))
+                    }),
+            );
+            counts.sort_unstable_by_key(|&(index, _)| index);
+            counts.dedup_by(|later, earlier| {
+                let same = later.0 == earlier.0;
+                if same {
+                    earlier.1 += later.1;
+                }
+                same
+            });
+            LatencySummary::from_counts(hist, &counts, per_unit)
+        })
     }
 
     /// Bytes of heap held.
@@ -118,17 +139,15 @@ mod tests {
         }
         let now = t0 + Duration::from_secs(60 * 20);
         hist.record(500_000_000); // after the last rotation: in every window
-        let one = windows.window(&hist, Duration::from_secs(60), now);
-        assert_eq!(one.len(), 11, "last interval + the live value");
+        let [one, five, fifteen] = windows.summaries(&hist, now, 1e6);
+        assert_eq!(one.count, 11, "last interval + the live value");
         assert!(
-            one.min() >= 19_000_000,
+            one.min >= 19.0,
             "only minute 19 (20 ms values): {}",
-            one.min()
+            one.min
         );
-        let five = windows.window(&hist, Duration::from_secs(300), now);
-        assert_eq!(five.len(), 51);
-        let fifteen = windows.window(&hist, Duration::from_secs(900), now);
-        assert_eq!(fifteen.len(), 151);
+        assert_eq!(five.count, 51);
+        assert_eq!(fifteen.count, 151);
         assert_eq!(hist.len(), 201, "the lifetime histogram keeps everything");
     }
 }
