@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tiny_http::Request;
 
 use super::http::{
-    header, header_value, json_reply, read_body, text_reply, ApiError, Params, Reply,
+    header_value, json_reply, read_body, text_reply, with_header, ApiError, Params, Reply,
 };
 use super::router::{route, ControlAction, Endpoint};
 use super::server::Context;
@@ -192,15 +192,19 @@ fn dispatch(
         Endpoint::Control(code, action) => control(ctx, &code, action, params),
         Endpoint::Position(code) => ok(position(ctx, &*ctx.registry.require(&code)?)),
         Endpoint::Metrics => metrics(ctx, request, params),
-        Endpoint::Preflight => Ok(json_reply(204, &Value::Null, cors)
-            .with_header(header(
+        Endpoint::Preflight => {
+            let reply = json_reply(204, &Value::Null, cors);
+            let reply = with_header(
+                reply,
                 "Access-Control-Allow-Methods",
                 "GET, POST, DELETE, OPTIONS",
-            ))
-            .with_header(header(
+            );
+            Ok(with_header(
+                reply,
                 "Access-Control-Allow-Headers",
                 "Content-Type, Authorization",
-            ))),
+            ))
+        }
         Endpoint::Stream(..) => Err(ApiError::new(
             500,
             "stream endpoints are handled before dispatch",

@@ -17,6 +17,6 @@ pub mod socket;
 mod websocket;
 mod writer;
 
-pub use http::ApiError;
+pub use http::{is_header_value, ApiError};
 pub use router::{route, ControlAction, Endpoint};
 pub use server::{Server, ServerConfig};

@@ -12,7 +12,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tiny_http::Request;
 
 use super::api;
-use super::http::header_value;
+use super::http::{header_value, is_header_value};
 use super::reaper::Reaper;
 use crate::codec::Metadata;
 use crate::engine::Registry;
@@ -117,6 +117,15 @@ pub struct Server {
 impl Server {
     /// Binds the port and starts serving `registry`.
     pub fn start(registry: Arc<Registry>, config: ServerConfig) -> io::Result<Self> {
+        if !is_header_value(&config.cors_origin) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "--cors-origin {:?} is not a valid header value (printable ASCII only)",
+                    config.cors_origin
+                ),
+            ));
+        }
         let listener = bind(&config.host, config.port)?;
         let local_addr = listener.local_addr()?;
         let http = Arc::new(

@@ -12,7 +12,7 @@ use rtrb::RingBuffer;
 use tiny_http::{Request, Response};
 use tungstenite::handshake::derive_accept_key;
 
-use super::http::{header, header_value, ApiError, Params};
+use super::http::{header_value, with_header, ApiError, Params};
 use super::reader::{self, MAX_PENDING_REPLIES};
 use super::server::Context;
 use super::socket::recover_tcp_stream;
@@ -152,7 +152,7 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
         stream_url,
     } = prepared;
     ctx.reaper.add_websocket(remote);
-    let response = Response::empty(101).with_header(header("Sec-WebSocket-Accept", &accept_key));
+    let response = with_header(Response::empty(101), "Sec-WebSocket-Accept", &accept_key);
     let upgraded = request.upgrade("websocket", response);
     let socket = match recover_tcp_stream(remote, ctx.local_addr.port()) {
         Ok(socket) => socket,
