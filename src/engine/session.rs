@@ -3,6 +3,7 @@
 //! The timing thread publishes through [`SessionStatus`] (atomics and atomic histograms); it
 //! never touches [`SessionState`], whose mutex is taken only by network threads (HTTP
 //! handlers, client writers on departure, `/metrics`, housekeeping).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{
     AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed,

@@ -78,7 +78,8 @@ impl From<RegistryError> for ApiError {
             RegistryError::Exists(_) | RegistryError::HasClients { .. } => 409,
             RegistryError::Full(_)
             | RegistryError::TooManyClients(_)
-            | RegistryError::ShuttingDown => 503,
+            | RegistryError::ShuttingDown
+            | RegistryError::Unavailable(_) => 503,
         };
         ApiError::new(status, e.to_string())
     }

@@ -5,6 +5,7 @@
 //! reason rather than a dropped connection.
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -197,7 +198,12 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
         .name(format!("ws-w-{}", client.id))
         .stack_size(CLIENT_STACK)
         .spawn(move || {
-            let exit = writer.run(metadata);
+            // Whatever happens in the writer, the client is detached and its place released:
+            // a panic must not leave a ghost client counted against the session's limit.
+            let exit = std::panic::catch_unwind(AssertUnwindSafe(|| writer.run(metadata)));
+            if exit.is_err() {
+                log::error!("client {}: writer panicked", writer_client.id);
+            }
             log::debug!(
                 "client {} ({}) ended: {exit:?}",
                 writer_client.id,
