@@ -269,7 +269,11 @@ fn a_session_left_filtered_plays_everything_for_the_next_unfiltered_client() {
     let mut plain = server.ws(&format!("/stream/{code}"));
     plain.metadata();
     let first = plain.next_data();
-    assert_eq!(bin(&first), 0, "the whole recording plays again, from its start");
+    assert_eq!(
+        bin(&first),
+        0,
+        "the whole recording plays again, from its start"
+    );
     assert!(!range.contains(&bin(&first)));
     assert_eq!(server.session(code)["filter"], Value::Null);
 }
