@@ -44,7 +44,15 @@ enum ReadError {
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
+    /// PhantomLink patch: the request line and headers exceed `MAX_HEAD_BYTES`.
+    HeadTooLarge,
 }
+
+const HEAD_TOO_LARGE: &str = "request head too large";
+
+/// PhantomLink patch: most bytes a request line and its headers may take together. Upstream
+/// had no limit, so a client could grow one line in memory for as long as it kept sending.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 impl ClientConnection {
     /// Creates a new `ClientConnection` that takes ownership of the `TcpStream`.
@@ -77,11 +85,15 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    fn read_next_line(&mut self, budget: &mut usize) -> IoResult<AsciiString> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
         loop {
+            if *budget == 0 {
+                return Err(IoError::new(ErrorKind::InvalidData, HEAD_TOO_LARGE));
+            }
+            *budget -= 1;
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
@@ -104,10 +116,18 @@ impl ClientConnection {
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
+        let mut budget = MAX_HEAD_BYTES;
+        let too_large = |e: IoError| {
+            if e.kind() == ErrorKind::InvalidData && e.to_string() == HEAD_TOO_LARGE {
+                ReadError::HeadTooLarge
+            } else {
+                ReadError::ReadIoError(e)
+            }
+        };
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self.read_next_line(&mut budget).map_err(too_large)?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -118,7 +138,7 @@ impl ClientConnection {
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = self.read_next_line(&mut budget).map_err(too_large)?;
 
                     if line.is_empty() {
                         break;
@@ -201,6 +221,15 @@ impl Iterator for ClientConnection {
                     response.raw_print(writer, ver, &[], false, None).ok();
                     return None; // we don't know where the next request would start,
                                  // se we have to close
+                }
+
+                Err(ReadError::HeadTooLarge) => {
+                    let writer = self.sink.next().unwrap();
+                    let response = Response::new_empty(StatusCode(431));
+                    response
+                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                        .ok();
+                    return None; // the rest of the head is unread: close
                 }
 
                 Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {

@@ -65,11 +65,15 @@ where
 {
     fn drop(&mut self) {
         let mut remaining_to_read = self.size;
+        // PhantomLink patch: drain through a fixed buffer. Upstream allocated the whole
+        // remaining length at once, so a request declaring a huge Content-Length that was
+        // answered without reading its body aborted the process (allocation failure).
+        let mut buf = [0u8; 8192];
 
         while remaining_to_read > 0 {
-            let mut buf = vec![0; remaining_to_read];
+            let chunk = remaining_to_read.min(buf.len());
 
-            match self.reader.read(&mut buf) {
+            match self.reader.read(&mut buf[..chunk]) {
                 Err(e) => {
                     self.last_read_signal.send(Err(e)).ok();
                     break;
@@ -90,6 +94,13 @@ where
 mod tests {
     use super::EqualReader;
     use std::io::Read;
+
+    #[test]
+    fn dropping_with_a_huge_declared_length_does_not_allocate_it() {
+        use std::io::Cursor;
+        let (reader, _) = EqualReader::new(Cursor::new(vec![1u8; 100]), usize::MAX / 2);
+        drop(reader); // drains the 100 bytes through the fixed buffer, then sees EOF
+    }
 
     #[test]
     fn test_limit() {
