@@ -47,8 +47,16 @@ pub fn handle(ctx: &Arc<Context>, mut request: Request) {
     let reply = if ctx.is_stopping() {
         Err(ApiError::new(503, "server is shutting down"))
     } else {
-        read_body(&mut request, ctx.config.max_body_bytes)
-            .and_then(|body| Params::parse(query, &body))
+        // With `Connection: upgrade` tiny_http hands over the raw connection as the body:
+        // reading it would wait until the client hangs up (or the idle reaper cuts it),
+        // holding a worker all that time. Outside the stream endpoints such a request (an h2c
+        // upgrade attempt, say: `curl --http2`) is answered as having no body.
+        let body = if wants_upgrade(&request) {
+            Ok(Vec::new())
+        } else {
+            read_body(&mut request, ctx.config.max_body_bytes)
+        };
+        body.and_then(|body| Params::parse(query, &body))
             .and_then(|params| dispatch(ctx, &request, endpoint, &params))
     };
     let reply = reply.unwrap_or_else(|e| e.into_reply(&cors));
@@ -58,6 +66,11 @@ pub fn handle(ctx: &Arc<Context>, mut request: Request) {
     if let Some(peer) = remote {
         ctx.reaper.note_request(peer);
     }
+}
+
+/// Whether tiny_http sees the request as an upgrade (its test: `Connection` mentions it).
+fn wants_upgrade(request: &Request) -> bool {
+    header_value(request, "Connection").is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
 }
 
 /// With `--api-token`, state-changing endpoints (and streams, with `--stream-token`) need
