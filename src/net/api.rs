@@ -289,6 +289,14 @@ fn registry_stats(ctx: &Context) -> Value {
             "session_ttl_seconds": config.session_ttl.as_secs_f64(),
             "client_stall_timeout_seconds": config.stall_timeout.as_secs_f64(),
             "client_buffer_packets": config.ring_capacity,
+            "http_idle_timeout_seconds": ctx.config.http_idle_timeout.as_secs_f64(),
+            "handshake_timeout_seconds": ctx.config.http_idle_timeout.as_secs_f64(),
+            "http_workers": ctx.config.http_workers.max(1),
+        },
+        "security": {
+            "api_token_required": ctx.config.api_token.is_some(),
+            "stream_token_required": ctx.config.api_token.is_some() && ctx.config.stream_token,
+            "cors_origin": ctx.config.cors_origin,
         },
     })
 }
