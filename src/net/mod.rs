@@ -21,6 +21,6 @@ pub mod socket;
 mod websocket;
 mod writer;
 
-pub use http::{is_header_value, ApiError};
+pub use http::{is_header_value, ApiError, Params};
 pub use router::{route, ControlAction, Endpoint};
 pub use server::{Server, ServerConfig};
