@@ -611,3 +611,47 @@ fn misbehaving_clients_cost_the_others_nothing() {
     let packets = late.data_n(10, Duration::from_secs(3));
     assert_contiguous(&packets, "client after the faults");
 }
+
+/// Requests that declare a body and never send it, answered without reading it (413 for a
+/// body over the limit, 404, 401, 426), must not hold an HTTP worker: tiny_http drains an
+/// unread body when the request is dropped, on the worker, for as long as the client keeps
+/// the connection open. Eight of them at once (twice the workers) and a plain request must
+/// still be answered at once, long before the idle timeout.
+#[test]
+fn unsent_bodies_do_not_hold_the_http_workers() {
+    let server = TestServer::with(|_, network| {
+        network.http_idle_timeout = Duration::from_secs(20);
+        network.api_token = Some("tok".into());
+    });
+    let addr = server.addr;
+    let declared = [
+        "POST /api/sessions/create HTTP/1.1\r\nAuthorization: Bearer tok\r\nContent-Length: 1000000000\r\n\r\n",
+        "POST /api/control/x/seek HTTP/1.1\r\nAuthorization: Bearer tok\r\nContent-Length: 100000\r\n\r\n",
+        "POST /nowhere HTTP/1.1\r\nContent-Length: 1000000000\r\n\r\n",
+        "POST /api/sessions/cleanup HTTP/1.1\r\nContent-Length: 1000000000\r\n\r\n",
+        "GET /stream/x HTTP/1.1\r\nContent-Length: 1000000000\r\n\r\n",
+        "PUT /health HTTP/1.1\r\nContent-Length: 1000000000\r\n\r\n",
+        "DELETE /api/sessions/nope HTTP/1.1\r\nContent-Length: 1000000000\r\n\r\n",
+    ];
+    let mut held = Vec::new();
+    let mut statuses = Vec::new();
+    for request in declared {
+        let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let status = read_head(&mut stream).map(|(s, _)| s).unwrap_or(0);
+        statuses.push(status);
+        held.push(stream); // kept open, body never sent
+    }
+    assert_eq!(statuses, [413, 413, 404, 401, 426, 405, 401], "answers");
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let health = http(addr, "GET", "/health", None, &[]);
+    let took = started.elapsed();
+    assert_eq!(health.status, 200);
+    assert!(
+        took < Duration::from_secs(2),
+        "/health took {took:?} with seven unsent bodies pending"
+    );
+    drop(held);
+}

@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use tiny_http::Request;
 
 use super::http::{
-    header_value, json_reply, read_body, text_reply, with_header, ApiError, Params, Reply,
+    header_value, json_reply, read_body, respond_unread, text_reply, with_header, ApiError, Params,
+    Reply,
 };
 use super::router::{route, ControlAction, Endpoint};
 use super::server::Context;
@@ -29,21 +30,23 @@ pub fn handle(ctx: &Arc<Context>, mut request: Request) {
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let cors = ctx.config.cors_origin.clone();
+    let port = ctx.local_addr.port();
     let endpoint = match route(request.method(), path) {
         Ok(endpoint) => endpoint,
         Err(e) => {
-            let _ = request.respond(e.into_reply(&cors));
+            respond_unread(request, e.into_reply(&cors), port);
             return;
         }
     };
     if let Err(e) = authorize(ctx, &request, &endpoint, query) {
-        let _ = request.respond(e.into_reply(&cors));
+        respond_unread(request, e.into_reply(&cors), port);
         return;
     }
     if let Endpoint::Stream(code, format) = &endpoint {
         websocket::connect(ctx, request, code, *format, query);
         return;
     }
+    let mut body_read = false;
     let reply = if ctx.is_stopping() {
         Err(ApiError::new(503, "server is shutting down"))
     } else {
@@ -56,12 +59,17 @@ pub fn handle(ctx: &Arc<Context>, mut request: Request) {
         } else {
             read_body(&mut request, ctx.config.max_body_bytes)
         };
+        body_read = body.is_ok();
         body.and_then(|body| Params::parse(query, &body))
             .and_then(|params| dispatch(ctx, &request, endpoint, &params))
     };
     let reply = reply.unwrap_or_else(|e| e.into_reply(&cors));
-    if let Err(e) = request.respond(reply) {
-        log::debug!("reply not delivered: {e}");
+    if body_read {
+        if let Err(e) = request.respond(reply) {
+            log::debug!("reply not delivered: {e}");
+        }
+    } else {
+        respond_unread(request, reply, port);
     }
     if let Some(peer) = remote {
         ctx.reaper.note_request(peer);

@@ -148,6 +148,28 @@ pub fn header_value<'r>(request: &'r Request, name: &str) -> Option<&'r str> {
         .map(|h| h.value.as_str())
 }
 
+/// Answers `request` whose body has not been read (an error found before reading it, or a
+/// body over the limit). tiny_http drains an unread declared body when the request is
+/// dropped — on this worker thread, for as long as the client keeps the connection open — so
+/// a client declaring a large body and sending none would hold the worker until the idle
+/// timeout, and four of them every worker. Closing the connection's read side first ends that
+/// drain at once; the answer still goes out, then the connection closes.
+pub fn respond_unread(request: Request, reply: Reply, local_port: u16) {
+    if request.body_length().is_some_and(|n| n > 0) {
+        if let Some(peer) = request.remote_addr().copied() {
+            match super::socket::recover_tcp_stream(peer, local_port) {
+                Ok(socket) => {
+                    let _ = socket.shutdown(std::net::Shutdown::Read);
+                }
+                Err(e) => log::debug!("{peer}: cannot stop reading an unread body: {e}"),
+            }
+        }
+    }
+    if let Err(e) = request.respond(reply) {
+        log::debug!("reply not delivered: {e}");
+    }
+}
+
 /// Reads the body, refusing more than `limit` bytes with 413.
 pub fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
     let too_large = || ApiError::new(413, format!("request body larger than {limit} bytes"));

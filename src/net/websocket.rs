@@ -13,7 +13,7 @@ use rtrb::RingBuffer;
 use tiny_http::{Request, Response};
 use tungstenite::handshake::derive_accept_key;
 
-use super::http::{header_value, with_header, ApiError, Params};
+use super::http::{header_value, respond_unread, with_header, ApiError, Params};
 use super::reader::{self, MAX_PENDING_REPLIES};
 use super::server::Context;
 use super::socket::recover_tcp_stream;
@@ -36,9 +36,7 @@ const SEND_BUFFER_BYTES: usize = 64 * 1024;
 pub fn connect(ctx: &Arc<Context>, request: Request, code: &str, format: WireFormat, query: &str) {
     let cors = ctx.config.cors_origin.clone();
     match prepare(ctx, &request, code, format, query) {
-        Err(error) => {
-            let _ = request.respond(error.into_reply(&cors));
-        }
+        Err(error) => respond_unread(request, error.into_reply(&cors), ctx.local_addr.port()),
         Ok(prepared) => upgrade(ctx, request, prepared),
     }
 }
