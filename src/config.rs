@@ -100,7 +100,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PHANTOM_STREAM_TOKEN", requires = "api_token")]
     pub stream_token: bool,
     /// Value of Access-Control-Allow-Origin.
-    #[arg(long, env = "PHANTOM_CORS_ORIGIN", default_value = "*")]
+    #[arg(long, env = "PHANTOM_CORS_ORIGIN", default_value = "*", value_parser = parse_cors_origin)]
     pub cors_origin: String,
     /// Default impairment of new sessions: off, light, moderate, intense, extreme.
     #[arg(long, env = "PHANTOM_NOISE", default_value = "off", value_parser = parse_preset)]
@@ -196,6 +196,16 @@ fn parse_preset(raw: &str) -> Result<NoiseConfig, String> {
     })
 }
 
+fn parse_cors_origin(raw: &str) -> Result<String, String> {
+    if crate::net::is_header_value(raw) {
+        Ok(raw.to_string())
+    } else {
+        Err(format!(
+            "{raw:?} is not a valid header value: use printable ASCII (an origin such as https://lab.example.org, or *)"
+        ))
+    }
+}
+
 fn parse_seconds(raw: &str) -> Result<Duration, String> {
     let seconds: f64 = raw
         .trim()
@@ -231,6 +241,9 @@ mod tests {
         let cli = Cli::try_parse_from(["phantomlink", "--cores", "0,1"]).unwrap();
         assert_eq!(cli.serve.cores, vec![0, 1]);
         assert!(Cli::try_parse_from(["phantomlink", "--noise", "loud"]).is_err());
+        assert!(
+            Cli::try_parse_from(["phantomlink", "--cors-origin", "https://exämple.org"]).is_err()
+        );
         let cli = Cli::try_parse_from(["phantomlink", "--noise", "moderate", "--noise-std", "0.1"])
             .unwrap();
         let noise = cli.serve.noise_config().unwrap();

@@ -2,6 +2,7 @@
 //! eviction, TTL cleanup, deletion and shutdown.
 //!
 //! Network threads only. The map's mutex is never held while waiting for a timing thread.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -97,6 +98,9 @@ pub enum RegistryError {
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// The system refused a resource (a thread); try again later.
+    #[error("server cannot take another session now ({0}); try later")]
+    Unavailable(String),
 }
 
 /// Counts a live client for the server-wide limit; releases it when dropped.
@@ -186,7 +190,16 @@ impl Registry {
             },
         };
         let evicted = self.make_room(&mut map)?;
-        let session = Arc::new(self.spawn_session(code.clone()));
+        let session = match self.spawn_session(code.clone()) {
+            Ok(session) => Arc::new(session),
+            Err(e) => {
+                // Put the evicted session back: nothing has replaced it.
+                if let Some(evicted) = evicted {
+                    map.insert(evicted.code().to_string(), evicted);
+                }
+                return Err(e);
+            }
+        };
         map.insert(code, Arc::clone(&session));
         drop(map);
         if noise != NoiseConfig::OFF {
@@ -241,16 +254,16 @@ impl Registry {
         validate_code(code)?;
         let mut map = self.map();
         let session = map
-            .get(code)
+            .remove(code)
             .ok_or_else(|| RegistryError::NotFound(code.to_string()))?;
         let clients = session.client_count();
         if clients > 0 {
+            map.insert(code.to_string(), session);
             return Err(RegistryError::HasClients {
                 code: code.to_string(),
                 clients,
             });
         }
-        let session = map.remove(code).expect("checked above");
         drop(map);
         session.shut_down(Duration::from_secs(1));
         Ok(())
@@ -293,7 +306,7 @@ impl Registry {
         }
     }
 
-    fn spawn_session(&self, code: String) -> Session {
+    fn spawn_session(&self, code: String) -> Result<Session, RegistryError> {
         let index = self.next_index.fetch_add(1, Relaxed);
         let (commands_tx, commands_rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
         let status = Arc::new(SessionStatus::new());
@@ -329,9 +342,12 @@ impl Registry {
                 }
                 timing.run();
             })
-            .expect("spawning a timing thread");
+            .map_err(|e| {
+                log::error!("cannot start a timing thread for session {code}: {e}");
+                RegistryError::Unavailable(format!("cannot start a timing thread: {e}"))
+            })?;
         let seed = session_seed(self.config.seed, &code);
-        Session::new(code, seed, commands_tx, status, handle)
+        Ok(Session::new(code, seed, commands_tx, status, handle))
     }
 
     /// Reserves a place for one more client, under the server-wide limit.

@@ -3,6 +3,7 @@
 //! The timing thread publishes through [`SessionStatus`] (atomics and atomic histograms); it
 //! never touches [`SessionState`], whose mutex is taken only by network threads (HTTP
 //! handlers, client writers on departure, `/metrics`, housekeeping).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{
     AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed,
@@ -48,6 +49,10 @@ pub struct SessionStatus {
     pub fifo: AtomicBool,
     /// Clients closed because they stalled.
     pub clients_stalled: AtomicU64,
+    /// Clients closed (1002) because they broke the WebSocket protocol.
+    pub clients_protocol_error: AtomicU64,
+    /// Clients closed (1009) because they sent a message over the limit.
+    pub clients_message_too_big: AtomicU64,
     /// Delay line: fixed delay added to every packet by the writers, µs.
     pub delay_us: AtomicU64,
     /// Delay line: extra random delay per packet, up to this, µs.
@@ -76,6 +81,8 @@ impl SessionStatus {
             core: AtomicI64::new(-1),
             fifo: AtomicBool::new(false),
             clients_stalled: AtomicU64::new(0),
+            clients_protocol_error: AtomicU64::new(0),
+            clients_message_too_big: AtomicU64::new(0),
             delay_us: AtomicU64::new(0),
             jitter_us: AtomicU64::new(0),
             lateness: AtomicHistogram::new(LATENESS),

@@ -149,6 +149,8 @@ fn session_json(session: &Session, state: &SessionState, now: Instant) -> Value 
         "connections": state.clients.len(),
         "connections_closed": state.departed.clients,
         "clients_stalled": status.clients_stalled.load(Relaxed),
+        "clients_protocol_error": status.clients_protocol_error.load(Relaxed),
+        "clients_message_too_big": status.clients_message_too_big.load(Relaxed),
         "bytes_sent": totals.bytes,
         "bandwidth_bps": totals.bytes as f64 * 8.0 / age,
         "packets_generated": status.packets_generated.load(Relaxed),
@@ -281,7 +283,7 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
         |s: &Session, c: &ClientShared| format!("session=\"{}\",client=\"{}\"", s.code(), c.id);
 
     type SessionValue = fn(&Session, &SessionState) -> u64;
-    let per_session: [(&str, &str, &str, SessionValue); 6] = [
+    let per_session: [(&str, &str, &str, SessionValue); 8] = [
         (
             "phantomlink_packets_generated_total",
             "counter",
@@ -311,6 +313,18 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
             "counter",
             "Clients closed (1008) because they stopped reading.",
             |s, _| s.status().clients_stalled.load(Relaxed),
+        ),
+        (
+            "phantomlink_clients_protocol_error_total",
+            "counter",
+            "Clients closed (1002) because they broke the WebSocket protocol.",
+            |s, _| s.status().clients_protocol_error.load(Relaxed),
+        ),
+        (
+            "phantomlink_clients_message_too_big_total",
+            "counter",
+            "Clients closed (1009) because they sent a message over the limit.",
+            |s, _| s.status().clients_message_too_big.load(Relaxed),
         ),
         (
             "phantomlink_session_memory_bytes",

@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use tiny_http::Request;
 
 use super::http::{
-    header, header_value, json_reply, read_body, text_reply, ApiError, Params, Reply,
+    header_value, json_reply, read_body, respond_unread, text_reply, with_header, ApiError, Params,
+    Reply,
 };
 use super::router::{route, ControlAction, Endpoint};
 use super::server::Context;
@@ -29,35 +30,55 @@ pub fn handle(ctx: &Arc<Context>, mut request: Request) {
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let cors = ctx.config.cors_origin.clone();
+    let port = ctx.local_addr.port();
     let endpoint = match route(request.method(), path) {
         Ok(endpoint) => endpoint,
         Err(e) => {
-            let _ = request.respond(e.into_reply(&cors));
+            respond_unread(request, e.into_reply(&cors), port);
             return;
         }
     };
     if let Err(e) = authorize(ctx, &request, &endpoint, query) {
-        let _ = request.respond(e.into_reply(&cors));
+        respond_unread(request, e.into_reply(&cors), port);
         return;
     }
     if let Endpoint::Stream(code, format) = &endpoint {
         websocket::connect(ctx, request, code, *format, query);
         return;
     }
+    let mut body_read = false;
     let reply = if ctx.is_stopping() {
         Err(ApiError::new(503, "server is shutting down"))
     } else {
-        read_body(&mut request, ctx.config.max_body_bytes)
-            .and_then(|body| Params::parse(query, &body))
+        // With `Connection: upgrade` tiny_http hands over the raw connection as the body:
+        // reading it would wait until the client hangs up (or the idle reaper cuts it),
+        // holding a worker all that time. Outside the stream endpoints such a request (an h2c
+        // upgrade attempt, say: `curl --http2`) is answered as having no body.
+        let body = if wants_upgrade(&request) {
+            Ok(Vec::new())
+        } else {
+            read_body(&mut request, ctx.config.max_body_bytes)
+        };
+        body_read = body.is_ok();
+        body.and_then(|body| Params::parse(query, &body))
             .and_then(|params| dispatch(ctx, &request, endpoint, &params))
     };
     let reply = reply.unwrap_or_else(|e| e.into_reply(&cors));
-    if let Err(e) = request.respond(reply) {
-        log::debug!("reply not delivered: {e}");
+    if body_read {
+        if let Err(e) = request.respond(reply) {
+            log::debug!("reply not delivered: {e}");
+        }
+    } else {
+        respond_unread(request, reply, port);
     }
     if let Some(peer) = remote {
         ctx.reaper.note_request(peer);
     }
+}
+
+/// Whether tiny_http sees the request as an upgrade (its test: `Connection` mentions it).
+fn wants_upgrade(request: &Request) -> bool {
+    header_value(request, "Connection").is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
 }
 
 /// With `--api-token`, state-changing endpoints (and streams, with `--stream-token`) need
@@ -192,15 +213,19 @@ fn dispatch(
         Endpoint::Control(code, action) => control(ctx, &code, action, params),
         Endpoint::Position(code) => ok(position(ctx, &*ctx.registry.require(&code)?)),
         Endpoint::Metrics => metrics(ctx, request, params),
-        Endpoint::Preflight => Ok(json_reply(204, &Value::Null, cors)
-            .with_header(header(
+        Endpoint::Preflight => {
+            let reply = json_reply(204, &Value::Null, cors);
+            let reply = with_header(
+                reply,
                 "Access-Control-Allow-Methods",
                 "GET, POST, DELETE, OPTIONS",
-            ))
-            .with_header(header(
+            );
+            Ok(with_header(
+                reply,
                 "Access-Control-Allow-Headers",
                 "Content-Type, Authorization",
-            ))),
+            ))
+        }
         Endpoint::Stream(..) => Err(ApiError::new(
             500,
             "stream endpoints are handled before dispatch",
@@ -272,6 +297,14 @@ fn registry_stats(ctx: &Context) -> Value {
             "session_ttl_seconds": config.session_ttl.as_secs_f64(),
             "client_stall_timeout_seconds": config.stall_timeout.as_secs_f64(),
             "client_buffer_packets": config.ring_capacity,
+            "http_idle_timeout_seconds": ctx.config.http_idle_timeout.as_secs_f64(),
+            "handshake_timeout_seconds": ctx.config.http_idle_timeout.as_secs_f64(),
+            "http_workers": ctx.config.http_workers.max(1),
+        },
+        "security": {
+            "api_token_required": ctx.config.api_token.is_some(),
+            "stream_token_required": ctx.config.api_token.is_some() && ctx.config.stream_token,
+            "cors_origin": ctx.config.cors_origin,
         },
     })
 }

@@ -61,10 +61,10 @@ impl ApiError {
     pub fn into_reply(self, cors: &str) -> Reply {
         let mut reply = json_reply(self.status, &json!({ "detail": self.detail }), cors);
         if let Some(allow) = self.allow {
-            reply.add_header(header("Allow", allow));
+            reply = with_header(reply, "Allow", allow);
         }
         if self.status == 401 {
-            reply.add_header(header("WWW-Authenticate", "Bearer"));
+            reply = with_header(reply, "WWW-Authenticate", "Bearer");
         }
         reply
     }
@@ -78,7 +78,8 @@ impl From<RegistryError> for ApiError {
             RegistryError::Exists(_) | RegistryError::HasClients { .. } => 409,
             RegistryError::Full(_)
             | RegistryError::TooManyClients(_)
-            | RegistryError::ShuttingDown => 503,
+            | RegistryError::ShuttingDown
+            | RegistryError::Unavailable(_) => 503,
         };
         ApiError::new(status, e.to_string())
     }
@@ -100,9 +101,25 @@ impl From<AttachError> for ApiError {
     }
 }
 
-/// A header from static parts (always valid ASCII).
-pub fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
+/// Whether `value` can be sent as a header value: visible ASCII and spaces, no control
+/// characters (so no CR/LF splitting the header either).
+pub fn is_header_value(value: &str) -> bool {
+    value.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+}
+
+/// `response` with header `name: value`. A value that is not a valid header value (checked at
+/// startup for configured ones, such as the CORS origin) is left out and logged, never a panic.
+pub fn with_header<R: Read>(response: Response<R>, name: &str, value: &str) -> Response<R> {
+    let parsed = is_header_value(value)
+        .then(|| Header::from_bytes(name.as_bytes(), value.as_bytes()).ok())
+        .flatten();
+    match parsed {
+        Some(header) => response.with_header(header),
+        None => {
+            log::error!("header {name} left out: {value:?} is not a valid header value");
+            response
+        }
+    }
 }
 
 /// `value` serialised as a JSON reply with `status`.
@@ -110,18 +127,16 @@ pub fn json_reply(status: u16, value: &impl Serialize, cors: &str) -> Reply {
     let body = serde_json::to_vec(value).unwrap_or_else(|e| {
         format!(r#"{{"detail":"response could not be encoded: {e}"}}"#).into_bytes()
     });
-    Response::from_data(body)
-        .with_status_code(status)
-        .with_header(header("Content-Type", "application/json"))
-        .with_header(header("Access-Control-Allow-Origin", cors))
+    let reply = Response::from_data(body).with_status_code(status);
+    let reply = with_header(reply, "Content-Type", "application/json");
+    with_header(reply, "Access-Control-Allow-Origin", cors)
 }
 
 /// A plain-text reply (Prometheus exposition and the like).
 pub fn text_reply(status: u16, body: String, content_type: &str, cors: &str) -> Reply {
-    Response::from_data(body.into_bytes())
-        .with_status_code(status)
-        .with_header(header("Content-Type", content_type))
-        .with_header(header("Access-Control-Allow-Origin", cors))
+    let reply = Response::from_data(body.into_bytes()).with_status_code(status);
+    let reply = with_header(reply, "Content-Type", content_type);
+    with_header(reply, "Access-Control-Allow-Origin", cors)
 }
 
 /// Value of a request header, case-insensitively.
@@ -131,6 +146,28 @@ pub fn header_value<'r>(request: &'r Request, name: &str) -> Option<&'r str> {
         .iter()
         .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
         .map(|h| h.value.as_str())
+}
+
+/// Answers `request` whose body has not been read (an error found before reading it, or a
+/// body over the limit). tiny_http drains an unread declared body when the request is
+/// dropped — on this worker thread, for as long as the client keeps the connection open — so
+/// a client declaring a large body and sending none would hold the worker until the idle
+/// timeout, and four of them every worker. Closing the connection's read side first ends that
+/// drain at once; the answer still goes out, then the connection closes.
+pub fn respond_unread(request: Request, reply: Reply, local_port: u16) {
+    if request.body_length().is_some_and(|n| n > 0) {
+        if let Some(peer) = request.remote_addr().copied() {
+            match super::socket::recover_tcp_stream(peer, local_port) {
+                Ok(socket) => {
+                    let _ = socket.shutdown(std::net::Shutdown::Read);
+                }
+                Err(e) => log::debug!("{peer}: cannot stop reading an unread body: {e}"),
+            }
+        }
+    }
+    if let Err(e) = request.respond(reply) {
+        log::debug!("reply not delivered: {e}");
+    }
 }
 
 /// Reads the body, refusing more than `limit` bytes with 413.

@@ -6,6 +6,10 @@
 //! writer thread with a blocking socket of its own (TCP_NODELAY, send timeout) and a reader
 //! thread. Only the writer ever writes to a client's socket, so frames never interleave.
 //! Must never: share a lock with a timing thread, or let one client's socket slow another.
+//!
+//! Nothing a client sends may panic the server: `unwrap` and `expect` are denied in this
+//! module (and in the registry and session code it calls), tests excepted (`clippy.toml`).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
 mod http;
@@ -18,6 +22,6 @@ pub mod socket;
 mod websocket;
 mod writer;
 
-pub use http::ApiError;
+pub use http::{is_header_value, ApiError, Params};
 pub use router::{route, ControlAction, Endpoint};
 pub use server::{Server, ServerConfig};

@@ -78,6 +78,11 @@ pub fn run(
         replies,
         writer: writer.clone(),
     };
+    // Tells the writer the reader has ended, however it ends (a panic included).
+    let _done = DoneGuard {
+        done,
+        writer: writer.clone(),
+    };
     let mut ws = WebSocket::from_raw_socket(relay, Role::Server, Some(config));
     loop {
         match ws.read() {
@@ -110,6 +115,16 @@ pub fn run(
             Err(_) => break, // closed, reset, or our own shutdown of the socket
         }
     }
-    done.store(true, Relaxed);
-    writer.unpark();
+}
+
+struct DoneGuard {
+    done: Arc<AtomicBool>,
+    writer: Thread,
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        self.done.store(true, Relaxed);
+        self.writer.unpark();
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -12,7 +13,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tiny_http::Request;
 
 use super::api;
-use super::http::header_value;
+use super::http::{header_value, is_header_value};
 use super::reaper::Reaper;
 use crate::codec::Metadata;
 use crate::engine::Registry;
@@ -117,6 +118,15 @@ pub struct Server {
 impl Server {
     /// Binds the port and starts serving `registry`.
     pub fn start(registry: Arc<Registry>, config: ServerConfig) -> io::Result<Self> {
+        if !is_header_value(&config.cors_origin) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "--cors-origin {:?} is not a valid header value (printable ASCII only)",
+                    config.cors_origin
+                ),
+            ));
+        }
         let listener = bind(&config.host, config.port)?;
         let local_addr = listener.local_addr()?;
         let http = Arc::new(
@@ -206,7 +216,15 @@ fn bind(host: &str, port: u16) -> io::Result<TcpListener> {
 fn serve(ctx: &Arc<Context>, http: &tiny_http::Server) {
     while !ctx.is_stopping() {
         match http.recv_timeout(Duration::from_millis(200)) {
-            Ok(Some(request)) => api::handle(ctx, request),
+            Ok(Some(request)) => {
+                // A handler bug must not cost the server a worker: the request (answered 500
+                // by tiny_http when dropped unanswered) is lost, the worker goes on.
+                let handled =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| api::handle(ctx, request)));
+                if handled.is_err() {
+                    log::error!("an HTTP handler panicked; the request was answered 500");
+                }
+            }
             Ok(None) => {}
             Err(e) => {
                 if ctx.is_stopping() {

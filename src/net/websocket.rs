@@ -5,6 +5,7 @@
 //! reason rather than a dropped connection.
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use rtrb::RingBuffer;
 use tiny_http::{Request, Response};
 use tungstenite::handshake::derive_accept_key;
 
-use super::http::{header, header_value, ApiError, Params};
+use super::http::{header_value, respond_unread, with_header, ApiError, Params};
 use super::reader::{self, MAX_PENDING_REPLIES};
 use super::server::Context;
 use super::socket::recover_tcp_stream;
@@ -28,9 +29,7 @@ const CLIENT_STACK: usize = 256 * 1024;
 pub fn connect(ctx: &Arc<Context>, request: Request, code: &str, format: WireFormat, query: &str) {
     let cors = ctx.config.cors_origin.clone();
     match prepare(ctx, &request, code, format, query) {
-        Err(error) => {
-            let _ = request.respond(error.into_reply(&cors));
-        }
+        Err(error) => respond_unread(request, error.into_reply(&cors), ctx.local_addr.port()),
         Ok(prepared) => upgrade(ctx, request, prepared),
     }
 }
@@ -158,7 +157,7 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
         stream_url,
     } = prepared;
     ctx.reaper.add_websocket(remote);
-    let response = Response::empty(101).with_header(header("Sec-WebSocket-Accept", &accept_key));
+    let response = with_header(Response::empty(101), "Sec-WebSocket-Accept", &accept_key);
     let upgraded = request.upgrade("websocket", response);
     let socket = match recover_tcp_stream(remote, ctx.local_addr.port()) {
         Ok(socket) => socket,
@@ -203,7 +202,12 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
         .name(format!("ws-w-{}", client.id))
         .stack_size(CLIENT_STACK)
         .spawn(move || {
-            let exit = writer.run(metadata);
+            // Whatever happens in the writer, the client is detached and its place released:
+            // a panic must not leave a ghost client counted against the session's limit.
+            let exit = std::panic::catch_unwind(AssertUnwindSafe(|| writer.run(metadata)));
+            if exit.is_err() {
+                log::error!("client {}: writer panicked", writer_client.id);
+            }
             log::debug!(
                 "client {} ({}) ended: {exit:?}",
                 writer_client.id,

@@ -86,8 +86,15 @@ impl Writer {
         let exit = self.stream(metadata);
         match exit {
             WriterExit::Closed(reason) | WriterExit::Broken(reason) => {
-                if reason == CloseReason::Stalled {
-                    self.session.status().clients_stalled.fetch_add(1, Relaxed);
+                let status = self.session.status();
+                let counter = match reason {
+                    CloseReason::Stalled => Some(&status.clients_stalled),
+                    CloseReason::ProtocolError => Some(&status.clients_protocol_error),
+                    CloseReason::MessageTooBig => Some(&status.clients_message_too_big),
+                    _ => None,
+                };
+                if let Some(counter) = counter {
+                    counter.fetch_add(1, Relaxed);
                 }
                 if matches!(exit, WriterExit::Closed(_)) {
                     self.close(reason);
