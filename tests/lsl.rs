@@ -305,3 +305,25 @@ fn streams_exist_without_clients_and_go_with_the_session() {
         "{name} still resolves after the session ended"
     );
 }
+
+/// The timestamp mapping assumes liblsl's `local_clock()` is CLOCK_MONOTONIC, as `Instant` is
+/// (boost::chrono's high_resolution_clock is its steady_clock on Linux).
+#[test]
+fn local_clock_is_the_monotonic_clock() {
+    machine_only_lsl();
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the valid timespec it is given.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
+        0
+    );
+    let lsl = ::lsl::local_clock();
+    let monotonic = ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9;
+    assert!(
+        (lsl - monotonic).abs() < 0.01,
+        "local_clock {lsl} vs CLOCK_MONOTONIC {monotonic}"
+    );
+}
