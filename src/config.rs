@@ -126,6 +126,15 @@ pub struct ServeArgs {
     /// Decoder answers more than this many packets behind are counted late, not matched.
     #[arg(long, env = "PHANTOM_FEEDBACK_WINDOW", default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub feedback_window: u64,
+    /// Publish each session as Lab Streaming Layer outlets (needs a build with `--features lsl`).
+    #[arg(long, env = "PHANTOM_LSL_ENABLED")]
+    pub lsl: bool,
+    /// Prefix of LSL stream names: `{prefix}-Neural-{code}`, `-Kinematics-`, `-Intention-`.
+    #[arg(long, env = "PHANTOM_LSL_STREAM_NAME", default_value = "PhantomLink", value_parser = parse_lsl_part)]
+    pub lsl_stream_name: String,
+    /// Prefix of LSL source ids: `{source_id}-{code}-neural`, `-kinematics`, `-intention`.
+    #[arg(long, env = "PHANTOM_LSL_SOURCE_ID", default_value = "phantomlink", value_parser = parse_lsl_part)]
+    pub lsl_source_id: String,
     /// Log level: error, warn, info, debug, trace (or an env_logger filter).
     #[arg(long, env = "PHANTOM_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -171,6 +180,14 @@ impl ServeArgs {
         }
     }
 
+    /// The LSL naming these options ask for.
+    pub fn lsl_config(&self) -> LslConfig {
+        LslConfig {
+            stream_name: self.lsl_stream_name.clone(),
+            source_id: self.lsl_source_id.clone(),
+        }
+    }
+
     /// The network settings these options ask for.
     pub fn server_config(&self) -> ServerConfig {
         ServerConfig {
@@ -184,6 +201,40 @@ impl ServeArgs {
             stream_token: self.stream_token,
             ..ServerConfig::default()
         }
+    }
+}
+
+/// How LSL streams are named (used with the `lsl` feature; always parsed so that `--lsl`
+/// without it can be refused clearly).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LslConfig {
+    /// Prefix of stream names (`PhantomLink`).
+    pub stream_name: String,
+    /// Prefix of source ids (`phantomlink`).
+    pub source_id: String,
+}
+
+impl Default for LslConfig {
+    fn default() -> Self {
+        Self {
+            stream_name: "PhantomLink".into(),
+            source_id: "phantomlink".into(),
+        }
+    }
+}
+
+fn parse_lsl_part(raw: &str) -> Result<String, String> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 64
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(raw.to_string())
+    } else {
+        Err(format!(
+            "{raw:?}: use 1-64 characters from A-Z a-z 0-9 - _ ."
+        ))
     }
 }
 
@@ -250,6 +301,12 @@ mod tests {
         assert_eq!((noise.noise_std, noise.drift_amplitude), (0.1, 0.3));
         let cli = Cli::try_parse_from(["phantomlink", "--dropout", "2"]).unwrap();
         assert!(cli.serve.noise_config().unwrap_err().contains("dropout"));
+        assert!(Cli::try_parse_from(["phantomlink", "--lsl-stream-name", "a b"]).is_err());
+        let cli =
+            Cli::try_parse_from(["phantomlink", "--lsl", "--lsl-source-id", "lab-1"]).unwrap();
+        assert!(cli.serve.lsl);
+        assert_eq!(cli.serve.lsl_config().source_id, "lab-1");
+        assert_eq!(cli.serve.lsl_config().stream_name, "PhantomLink");
         let cli = Cli::try_parse_from(["phantomlink", "inspect", "x.nwb"]).unwrap();
         assert!(matches!(cli.command, Some(CliCommand::Inspect { .. })));
     }

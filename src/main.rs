@@ -60,6 +60,13 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 fn run(args: &ServeArgs) -> Result<(), String> {
     let started = Instant::now();
+    if args.lsl && !cfg!(feature = "lsl") {
+        return Err(
+            "--lsl (PHANTOM_LSL_ENABLED): this binary was built without LSL support; \
+             rebuild with `cargo build --release --features lsl` (needs cmake and a C++ compiler)"
+                .into(),
+        );
+    }
     raise_open_file_limit();
     args.noise_config()
         .map_err(|e| format!("noise options: {e}"))?;
@@ -74,7 +81,7 @@ fn run(args: &ServeArgs) -> Result<(), String> {
         (_, Ok(())) => log::info!("timing threads run SCHED_FIFO"),
     }
     let table = load_dataset(&args.dataset, args.seed).map_err(|e| e.to_string())?;
-    let registry = Arc::new(Registry::new(Arc::new(table), engine));
+    let registry = Arc::new(with_lsl(Registry::new(Arc::new(table), engine), args));
     let mut signals =
         Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("signal handlers: {e}"))?;
     let server = Server::start(registry, args.server_config())
@@ -99,6 +106,28 @@ fn run(args: &ServeArgs) -> Result<(), String> {
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// With `--lsl`, every session publishes LSL outlets.
+#[cfg(feature = "lsl")]
+fn with_lsl(registry: Registry, args: &ServeArgs) -> Registry {
+    if !args.lsl {
+        return registry;
+    }
+    match std::env::var_os("LSLAPICFG") {
+        Some(path) => log::info!("LSL on; liblsl configuration: {}", path.to_string_lossy()),
+        None => log::warn!(
+            "LSL on without LSLAPICFG: liblsl uses ./lsl_api.cfg, ~/lsl_api/lsl_api.cfg, \
+             /etc/lsl_api/lsl_api.cfg or its defaults (discovery on the local network)"
+        ),
+    }
+    let source = phantomlink::lsl::LslSource::new(args.lsl_config());
+    registry.with_tap_source(Arc::new(source))
+}
+
+#[cfg(not(feature = "lsl"))]
+fn with_lsl(registry: Registry, _args: &ServeArgs) -> Registry {
+    registry
 }
 
 /// Each WebSocket client holds four descriptors (tiny_http's two, the writer's and the

@@ -2,7 +2,10 @@
 //!
 //! A counting global allocator counts allocations made by this test's thread while it is
 //! inside the timing loop's per-tick work (`TimingLoop::on_wake`: lateness record, command
-//! drain, row lookup, noise, JSON and MessagePack encoding into pooled frames, fan-out). Anything that allocates there fails this test.
+//! drain, row lookup, noise, JSON and MessagePack encoding into pooled frames, fan-out, the
+//! tap's copy of the counts into a recycled buffer). Anything that allocates there fails this
+//! test. The tap (what feeds the LSL outlets) is always compiled, so it is covered here
+//! without the `lsl` feature.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -13,8 +16,8 @@ use phantomlink::codec::{Frame, WireFormat};
 use phantomlink::dataset::synthetic::{generate, SyntheticConfig};
 use phantomlink::dataset::PacketTable;
 use phantomlink::engine::{
-    ClientShared, Command, NoiseConfig, NoiseState, SessionStatus, Subscriber, TimingConfig,
-    TimingLoop, PERIOD,
+    tap, ClientShared, Command, NoiseConfig, NoiseState, SessionStatus, Subscriber, TapReceiver,
+    TimingConfig, TimingLoop, PERIOD,
 };
 use rtrb::{Consumer, RingBuffer};
 
@@ -72,6 +75,36 @@ fn drain(rings: &mut [Consumer<Arc<Frame>>]) -> usize {
         }
     }
     frames
+}
+
+/// Takes every tap sample, checks its counts against the JSON frame of the same sequence
+/// number, and hands the buffers back (outside the counted region, as the LSL thread would).
+fn drain_checked(rings: &mut [Consumer<Arc<Frame>>], tap: &mut TapReceiver) -> (usize, usize) {
+    let mut json_counts = std::collections::HashMap::new();
+    let mut frames = 0;
+    for ring in rings.iter_mut() {
+        while let Ok(frame) = ring.pop() {
+            frames += 1;
+            if frame.payload().first() == Some(&b'{') {
+                let value: serde_json::Value = serde_json::from_slice(frame.payload()).unwrap();
+                let counts: Vec<u16> =
+                    serde_json::from_value(value["data"]["spikes"]["spike_counts"].clone())
+                        .unwrap();
+                json_counts.insert(frame.sequence_number, (frame.bin, counts));
+            }
+        }
+    }
+    let mut samples = 0;
+    while let Some(sample) = tap.pop() {
+        samples += 1;
+        let (bin, counts) = json_counts
+            .get(&sample.sequence)
+            .unwrap_or_else(|| panic!("no JSON frame for tap sample {}", sample.sequence));
+        assert_eq!(sample.bin, *bin, "sequence {}", sample.sequence);
+        assert_eq!(&*sample.counts, &counts[..], "sequence {}", sample.sequence);
+        tap.recycle(sample.counts);
+    }
+    (frames, samples)
 }
 
 #[test]
@@ -139,16 +172,23 @@ fn steady_state_tick_does_not_allocate() {
         .send(Command::SetNoise(Some(Box::new(noise))))
         .unwrap();
 
+    // A tap (the LSL outlets' feed), its buffers allocated here, off the tick.
+    let (session_tap, mut tap_rx) = tap(table.num_units(), 8);
+    commands
+        .send(Command::SetTap(Some(Box::new(session_tap))))
+        .unwrap();
+
     // Warm-up: pools fill and frame buffers grow to their packet size.
     let mut deadline = Instant::now();
     for _ in 0..100 {
         timing.on_wake(deadline, Instant::now());
         deadline += PERIOD;
-        drain(&mut rings);
+        drain_checked(&mut rings, &mut tap_rx);
     }
 
     let mut allocations = 0;
     let mut frames = 0;
+    let mut samples = 0;
     for n in 0..3000u32 {
         // Control from the network side, sent outside the counted region as a sender would.
         match n % 500 {
@@ -160,9 +200,18 @@ fn steady_state_tick_does_not_allocate() {
         let (_, allocated) = counted(|| timing.on_wake(deadline, Instant::now()));
         allocations += allocated;
         deadline = timing.next_deadline().unwrap_or(deadline + PERIOD);
-        frames += drain(&mut rings);
+        let (f, s) = drain_checked(&mut rings, &mut tap_rx);
+        frames += f;
+        samples += s;
     }
     assert!(frames > 4 * 2900, "every client got its frames ({frames})");
+    assert!(samples > 2900, "the tap got every tick ({samples})");
+    assert_eq!(
+        status
+            .tap_dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
     assert_eq!(
         allocations, 0,
         "the tick path allocated {allocations} times in 3000 ticks"
@@ -173,4 +222,68 @@ fn steady_state_tick_does_not_allocate() {
             .load(std::sync::atomic::Ordering::Relaxed),
         0
     );
+}
+
+#[test]
+fn a_stalled_tap_drops_counted_without_allocating_or_holding_up_clients() {
+    let table = Arc::new(PacketTable::new(generate(&SyntheticConfig::default())).unwrap());
+    let (commands, commands_rx) = crossbeam_channel::bounded(64);
+    let status = Arc::new(SessionStatus::new());
+    let ring_capacity = 16;
+    let mut timing = TimingLoop::new(
+        Arc::clone(&table),
+        commands_rx,
+        Arc::clone(&status),
+        TimingConfig {
+            phase: Duration::ZERO,
+            epoch: Instant::now(),
+            stall_timeout: Duration::from_secs(10),
+            ring_capacity,
+            max_clients: 2,
+            spin: Duration::ZERO,
+        },
+    );
+    let (producer, consumer) = RingBuffer::new(ring_capacity);
+    let client = Arc::new(ClientShared::new(
+        1,
+        "127.0.0.1:9".parse().unwrap(),
+        WireFormat::MessagePack,
+        ring_capacity,
+    ));
+    commands
+        .send(Command::Subscribe(Subscriber::new(
+            producer,
+            client,
+            std::thread::current(),
+        )))
+        .unwrap();
+    // A consumer that never takes anything: its 8 buffers fill, then every tick is dropped.
+    let (session_tap, tap_rx) = tap(table.num_units(), 8);
+    commands
+        .send(Command::SetTap(Some(Box::new(session_tap))))
+        .unwrap();
+    let mut rings = vec![consumer];
+    let mut deadline = Instant::now();
+    let mut allocations = 0;
+    let mut frames = 0;
+    for n in 0..200 {
+        let (_, allocated) = counted(|| timing.on_wake(deadline, Instant::now()));
+        // The first ticks fill the frame pool's buffers; count from there.
+        if n >= 20 {
+            allocations += allocated;
+        }
+        deadline = timing.next_deadline().unwrap_or(deadline + PERIOD);
+        frames += drain(&mut rings);
+    }
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(frames, 200, "the client is not held up by the tap");
+    assert_eq!(status.tap_samples.load(relaxed), 8);
+    assert_eq!(status.tap_dropped.load(relaxed), 192);
+    assert_eq!(allocations, 0, "dropping for the tap allocated");
+    assert_eq!(tap_rx.pending(), 8);
+
+    // The consumer goes away: the tap is removed at the next tick.
+    drop(tap_rx);
+    timing.on_wake(deadline, Instant::now());
+    assert!(!status.tap_attached.load(relaxed));
 }

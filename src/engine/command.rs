@@ -4,7 +4,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::{NoiseState, Subscriber};
+use super::{NoiseState, Subscriber, Tap};
 
 /// Bin ranges a session plays in order, looping. Built once by the packet table and shared.
 pub type Playlist = Arc<[Range<u32>]>;
@@ -43,6 +43,9 @@ pub enum Command {
     SetPlaylist(Playlist),
     /// Impair spike counts from the next tick on (`None`: clean).
     SetNoise(Option<Box<NoiseState>>),
+    /// Feed every tick to this tap from the next one on, replacing any other (`None`: none).
+    /// A tap starts the clock as a first subscriber does.
+    SetTap(Option<Box<Tap>>),
     /// End the timing thread.
     Shutdown,
 }
@@ -57,6 +60,7 @@ impl fmt::Debug for Command {
             Command::Stop => f.write_str("Stop"),
             Command::SetPlaylist(p) => write!(f, "SetPlaylist({} ranges)", p.len()),
             Command::SetNoise(n) => write!(f, "SetNoise({:?})", n.as_ref().map(|n| n.config())),
+            Command::SetTap(t) => write!(f, "SetTap({})", if t.is_some() { "tap" } else { "none" }),
             Command::Shutdown => f.write_str("Shutdown"),
         }
     }

@@ -19,6 +19,9 @@
 //!   of every tick goes into an HDR histogram.
 //!
 //! A full ring means that client is slow: the packet is dropped for it alone and counted.
+//! A tap ([`Tap`], e.g. the LSL outlets) is fed the same way: each tick's counts are copied
+//! into a buffer recycled through a return ring and pushed into the tap's ring; a consumer
+//! that falls behind loses ticks (counted), never stalls the timing thread.
 //! Subscribing, unsubscribing, resuming and the first packet of a new format are control
 //! events, not steady state: they may allocate (a ring, a frame pool).
 
@@ -31,6 +34,7 @@ mod playback;
 pub mod realtime;
 mod registry;
 mod session;
+mod tap;
 mod timing;
 
 pub use client::{ClientCounters, ClientShared, CloseReason};
@@ -40,4 +44,7 @@ pub use noise::{NoiseConfig, NoiseState};
 pub use playback::{Playback, SeekError};
 pub use registry::{validate_code, ClientTicket, EngineConfig, Registry, RegistryError};
 pub use session::{AttachError, DepartedTotals, Session, SessionBusy, SessionState, SessionStatus};
+pub use tap::{
+    tap, Tap, TapConsumer, TapDelivery, TapReceiver, TapSample, TapShared, TapSource, TAP_SLOTS,
+};
 pub use timing::{TickOutcome, TimingConfig, TimingLoop, PERIOD};

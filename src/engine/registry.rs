@@ -14,7 +14,10 @@ use rand::Rng;
 
 use super::realtime::{self, RealtimeMode};
 use super::timing::TimingConfig;
-use super::{ClientShared, CloseReason, NoiseConfig, Session, SessionStatus, TimingLoop};
+use super::{
+    tap, ClientShared, CloseReason, Command, NoiseConfig, Session, SessionStatus, TapSource,
+    TimingLoop, TAP_SLOTS,
+};
 use crate::dataset::PacketTable;
 
 /// Commands a session can have queued before senders are told it is busy.
@@ -126,6 +129,7 @@ pub struct Registry {
     connections_opened: AtomicU64,
     shutting_down: AtomicBool,
     writers: Mutex<HashMap<u64, (Arc<ClientShared>, Thread)>>,
+    tap_source: Option<Arc<dyn TapSource>>,
 }
 
 impl Registry {
@@ -142,7 +146,20 @@ impl Registry {
             connections_opened: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             writers: Mutex::new(HashMap::new()),
+            tap_source: None,
         }
+    }
+
+    /// Gives every session created from now on a tap consumer started by `source` (the LSL
+    /// outlets): its clock starts at creation and it plays whether or not clients connect.
+    pub fn with_tap_source(mut self, source: Arc<dyn TapSource>) -> Self {
+        self.tap_source = Some(source);
+        self
+    }
+
+    /// The tap source, if sessions get one.
+    pub fn tap_source(&self) -> Option<&Arc<dyn TapSource>> {
+        self.tap_source.as_ref()
     }
 
     /// The packet table every session plays.
@@ -206,6 +223,7 @@ impl Registry {
             // A fresh session's queue is empty, so this cannot be refused.
             let _ = session.set_noise(noise, self.table.num_units());
         }
+        self.start_tap(&session);
         if let Some(evicted) = evicted {
             log::info!(
                 "session {} evicted (least recently used, no clients)",
@@ -284,6 +302,33 @@ impl Registry {
             session.shut_down(Duration::from_secs(1));
         }
         expired
+    }
+
+    /// Starts the session's tap consumer, if sessions get one, and installs the tap.
+    fn start_tap(&self, session: &Session) {
+        let Some(source) = &self.tap_source else {
+            return;
+        };
+        let (mut tap, receiver) = tap(self.table.num_units(), TAP_SLOTS);
+        match source.start(session.code(), Arc::clone(&self.table), receiver) {
+            Ok(consumer) => {
+                tap.wake(consumer.thread.thread().clone());
+                session.adopt_tap(consumer);
+                // A fresh session's queue holds at most SetNoise: this cannot be refused.
+                if let Err(e) = session.send(Command::SetTap(Some(Box::new(tap)))) {
+                    log::error!(
+                        "session {}: {} tap not installed: {e}",
+                        session.code(),
+                        source.kind()
+                    );
+                }
+            }
+            Err(e) => log::error!(
+                "session {}: {} not started: {e}",
+                session.code(),
+                source.kind()
+            ),
+        }
     }
 
     /// Frees a slot if the registry is full by evicting the least recently used session

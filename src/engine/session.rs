@@ -8,13 +8,15 @@
 use std::sync::atomic::{
     AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed,
 };
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 
-use super::{ClientShared, Command, Filter, NoiseConfig, NoiseState, Playlist};
+use super::{
+    ClientShared, Command, Filter, NoiseConfig, NoiseState, Playlist, TapConsumer, TapShared,
+};
 use crate::metrics::histogram::{AtomicHistogram, LATENCY, LATENESS};
 use crate::metrics::window::Windows;
 
@@ -57,7 +59,15 @@ pub struct SessionStatus {
     pub delay_us: AtomicU64,
     /// Delay line: extra random delay per packet, up to this, µs.
     pub jitter_us: AtomicU64,
-    /// Tick lateness (wake − deadline), ns, for ticks with at least one client.
+    /// A tap is installed (it counts as a listener: the clock runs, ticks are punctual).
+    pub tap_attached: AtomicBool,
+    /// Ticks queued for the tap.
+    pub tap_samples: AtomicU64,
+    /// Ticks dropped for the tap because its consumer held every buffer.
+    pub tap_dropped: AtomicU64,
+    /// Bytes held by the tap's buffers and rings.
+    pub tap_bytes: AtomicUsize,
+    /// Tick lateness (wake − deadline), ns, for ticks with at least one client or a tap.
     pub lateness: AtomicHistogram,
     /// Tick → socket latency of every packet to every client, departed ones included, ns.
     pub latency: AtomicHistogram,
@@ -85,6 +95,10 @@ impl SessionStatus {
             clients_message_too_big: AtomicU64::new(0),
             delay_us: AtomicU64::new(0),
             jitter_us: AtomicU64::new(0),
+            tap_attached: AtomicBool::new(false),
+            tap_samples: AtomicU64::new(0),
+            tap_dropped: AtomicU64::new(0),
+            tap_bytes: AtomicUsize::new(0),
             lateness: AtomicHistogram::new(LATENESS),
             latency: AtomicHistogram::new(LATENCY),
         }
@@ -149,6 +163,8 @@ pub struct Session {
     status: Arc<SessionStatus>,
     state: Mutex<SessionState>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    tap: OnceLock<Arc<TapShared>>,
+    tap_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Session {
@@ -169,6 +185,8 @@ impl Session {
             status,
             state: Mutex::new(SessionState::default()),
             thread: Mutex::new(Some(thread)),
+            tap: OnceLock::new(),
+            tap_thread: Mutex::new(None),
         }
     }
 
@@ -199,6 +217,19 @@ impl Session {
             .jitter_us
             .store((config.jitter_ms * 1000.0) as u64, Relaxed);
         Ok(())
+    }
+
+    /// Takes ownership of the consumer of this session's tap (see [`super::TapSource`]): what
+    /// it publishes becomes visible through [`Session::tap`], and [`Session::shut_down`]
+    /// waits for its thread after the timing thread has ended. One per session.
+    pub(super) fn adopt_tap(&self, consumer: TapConsumer) {
+        let _ = self.tap.set(consumer.shared);
+        *self.tap_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(consumer.thread);
+    }
+
+    /// What the session's tap consumer (LSL outlets) publishes, if it has one.
+    pub fn tap(&self) -> Option<&Arc<TapShared>> {
+        self.tap.get()
     }
 
     /// Wall-clock creation time.
@@ -325,11 +356,14 @@ impl Session {
             + state.lateness_windows.heap_bytes()
             + state.latency_windows.heap_bytes()
             + state.clients.iter().map(|c| c.heap_bytes()).sum::<usize>()
+            + self.status.tap_bytes.load(Relaxed)
+            + self.tap().map_or(0, |t| t.heap_bytes())
             + std::mem::size_of::<Self>()
             + std::mem::size_of::<SessionStatus>()
     }
 
-    /// Stops the timing thread and waits for it (at most `timeout` for the command to go in).
+    /// Stops the timing thread and waits for it (at most `timeout` for the command to go in),
+    /// then for the tap consumer, which ends once the timing thread has let go of the tap.
     pub fn shut_down(&self, timeout: Duration) {
         match self.commands.send_timeout(Command::Shutdown, timeout) {
             Ok(()) | Err(SendTimeoutError::Disconnected(_)) => {}
@@ -342,6 +376,17 @@ impl Session {
         if let Some(handle) = handle {
             if handle.join().is_err() {
                 log::error!("session {}: timing thread panicked", self.code);
+            }
+        }
+        let tap = self
+            .tap_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(handle) = tap {
+            handle.thread().unpark();
+            if handle.join().is_err() {
+                log::error!("session {}: tap consumer panicked", self.code);
             }
         }
     }

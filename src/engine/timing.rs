@@ -9,7 +9,7 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use spin_sleep::SpinSleeper;
 
 use super::fanout::{Delivery, FramePool};
-use super::{Command, NoiseState, Playback, SessionStatus, Subscriber};
+use super::{Command, NoiseState, Playback, SessionStatus, Subscriber, Tap, TapDelivery};
 use crate::codec::{encode_data, DataPacket, WireFormat};
 use crate::dataset::{PacketTable, Row, BIN_MS};
 
@@ -62,6 +62,7 @@ pub struct TimingLoop {
     per_format: [usize; 2],
     pools: [Option<FramePool>; 2],
     noise: Option<Box<NoiseState>>,
+    tap: Option<Box<Tap>>,
     sequence: u64,
     paused: bool,
     started: bool,
@@ -91,6 +92,7 @@ impl TimingLoop {
             per_format: [0; 2],
             pools: [None, None],
             noise: None,
+            tap: None,
             sequence: 0,
             paused: false,
             started: false,
@@ -118,8 +120,7 @@ impl TimingLoop {
                     Err(_) => break,
                 }
             };
-            let listened = !self.subscribers.is_empty();
-            if listened {
+            if self.listened() {
                 self.fine.sleep_until(deadline);
             } else {
                 self.coarse.sleep_until(deadline);
@@ -137,7 +138,7 @@ impl TimingLoop {
     pub fn on_wake(&mut self, deadline: Instant, woke: Instant) -> TickOutcome {
         let late = woke.saturating_duration_since(deadline);
         // With nobody listening the sleep was coarse on purpose; its lateness says nothing.
-        if !self.subscribers.is_empty() {
+        if self.listened() {
             self.status.lateness.record(late.as_nanos() as u64);
         }
         if self.drain_commands() == TickOutcome::Shutdown {
@@ -146,7 +147,7 @@ impl TimingLoop {
         let Some((t0, n)) = self.schedule else {
             return TickOutcome::Continue; // paused or stopped by a command
         };
-        self.tick(woke);
+        self.tick(deadline, woke);
         self.schedule = if late > CATCH_UP_LIMIT {
             self.status.schedule_resets.fetch_add(1, Relaxed);
             Some((self.aligned_start(woke), 0))
@@ -195,11 +196,7 @@ impl TimingLoop {
                 self.status
                     .subscribers
                     .store(self.subscribers.len(), Relaxed);
-                if !self.started {
-                    self.started = true;
-                    self.status.started.store(true, Relaxed);
-                    self.start_schedule();
-                }
+                self.start_clock();
             }
             Command::Pause => self.pause(),
             Command::Resume => {
@@ -231,13 +228,39 @@ impl TimingLoop {
                     .store(self.playback.position(), Relaxed);
             }
             Command::SetNoise(noise) => self.noise = noise,
+            Command::SetTap(tap) => {
+                self.status
+                    .tap_bytes
+                    .store(tap.as_ref().map_or(0, |t| t.heap_bytes()), Relaxed);
+                self.status.tap_attached.store(tap.is_some(), Relaxed);
+                let attached = tap.is_some();
+                self.tap = tap;
+                if attached {
+                    self.start_clock();
+                }
+            }
             Command::Shutdown => return TickOutcome::Shutdown,
         }
         TickOutcome::Continue
     }
 
-    /// Plays one row: encode once per format in use, offer to every subscriber.
-    pub fn tick(&mut self, woke: Instant) {
+    /// Whether anyone takes the ticks: a client or a tap.
+    fn listened(&self) -> bool {
+        !self.subscribers.is_empty() || self.tap.is_some()
+    }
+
+    /// Starts the session's clock at its first listener.
+    fn start_clock(&mut self) {
+        if !self.started {
+            self.started = true;
+            self.status.started.store(true, Relaxed);
+            self.start_schedule();
+        }
+    }
+
+    /// Plays one row: encode once per format in use, offer to every subscriber and the tap.
+    /// `deadline` is the tick's scheduled instant, `woke` when the thread actually woke.
+    pub fn tick(&mut self, deadline: Instant, woke: Instant) {
         let bin = self.playback.advance();
         self.sequence += 1;
         let timestamp = SystemTime::now()
@@ -279,6 +302,22 @@ impl TimingLoop {
             frame.bin = bin;
             frame.tick = woke;
             slots[index] = Some(slot);
+        }
+        if let Some(tap) = self.tap.as_mut() {
+            match tap.offer(self.sequence, bin, deadline, packet.row.spike_counts) {
+                TapDelivery::Queued => {
+                    self.status.tap_samples.fetch_add(1, Relaxed);
+                }
+                TapDelivery::Dropped => {
+                    self.status.tap_dropped.fetch_add(1, Relaxed);
+                }
+                TapDelivery::Gone => {
+                    // The consumer ended; the tap's rings are freed here (a control event).
+                    self.tap = None;
+                    self.status.tap_attached.store(false, Relaxed);
+                    self.status.tap_bytes.store(0, Relaxed);
+                }
+            }
         }
         self.fan_out(&slots, woke);
         self.status

@@ -163,6 +163,24 @@ fn session_json(session: &Session, state: &SessionState, now: Instant) -> Value 
         },
         "windows": windows,
         "clients": clients,
+        "lsl": lsl_json(session),
+    })
+}
+
+/// The session's LSL outlets (`null` without them): push latency (tick deadline → the
+/// three pushes returned), ticks pushed, ticks dropped because the LSL thread fell behind.
+fn lsl_json(session: &Session) -> Value {
+    let Some(tap) = session.tap().filter(|t| t.kind == "lsl") else {
+        return Value::Null;
+    };
+    let status = session.status();
+    json!({
+        "streams": tap.streams,
+        "push_latency_ms": summary(&tap.latency),
+        "samples": tap.samples.load(Relaxed),
+        "dropped": status.tap_dropped.load(Relaxed),
+        "errors": tap.errors.load(Relaxed),
+        "attached": status.tap_attached.load(Relaxed),
     })
 }
 
@@ -439,6 +457,46 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
                 &c.ring_wait,
             );
         }
+    }
+    let lsl: Vec<_> = states
+        .iter()
+        .filter_map(|(s, _)| s.tap().filter(|t| t.kind == "lsl").map(|t| (s, t)))
+        .collect();
+    x.family(
+        "phantomlink_lsl_push_latency_seconds",
+        "histogram",
+        "Tick deadline to the session's LSL pushes returning.",
+    );
+    for (s, tap) in &lsl {
+        x.histogram(
+            "phantomlink_lsl_push_latency_seconds",
+            &session_label(s),
+            &tap.latency,
+        );
+    }
+    x.family(
+        "phantomlink_lsl_samples_total",
+        "counter",
+        "Ticks pushed to the session's LSL outlets.",
+    );
+    for (s, tap) in &lsl {
+        x.sample(
+            "phantomlink_lsl_samples_total",
+            &session_label(s),
+            tap.samples.load(Relaxed),
+        );
+    }
+    x.family(
+        "phantomlink_lsl_dropped_total",
+        "counter",
+        "Ticks dropped for the session's LSL outlets because their thread fell behind.",
+    );
+    for (s, _) in &lsl {
+        x.sample(
+            "phantomlink_lsl_dropped_total",
+            &session_label(s),
+            s.status().tap_dropped.load(Relaxed),
+        );
     }
     x.family(
         "phantomlink_decoder_round_trip_seconds",

@@ -208,7 +208,7 @@ fn dispatch(
         Endpoint::Stats => ok(json!({
             "active_connections": ctx.registry.live_clients(),
             "session_manager": registry_stats(ctx),
-            "lsl_streaming": {"enabled": false},
+            "lsl_streaming": lsl_streaming(ctx),
         })),
         Endpoint::Control(code, action) => control(ctx, &code, action, params),
         Endpoint::Position(code) => ok(position(ctx, &*ctx.registry.require(&code)?)),
@@ -309,6 +309,26 @@ fn registry_stats(ctx: &Context) -> Value {
     })
 }
 
+/// `/api/stats` `lsl_streaming`: whether sessions publish LSL outlets, how they are named,
+/// and each session's stream names.
+fn lsl_streaming(ctx: &Context) -> Value {
+    let Some(source) = ctx.registry.tap_source().filter(|s| s.kind() == "lsl") else {
+        return json!({ "enabled": false, "compiled": cfg!(feature = "lsl") });
+    };
+    let mut sessions = serde_json::Map::new();
+    for session in ctx.registry.sessions() {
+        if let Some(tap) = session.tap() {
+            sessions.insert(session.code().to_string(), json!(tap.streams));
+        }
+    }
+    json!({
+        "enabled": true,
+        "compiled": true,
+        "config": source.describe(),
+        "sessions": sessions,
+    })
+}
+
 fn filter_json(filter: Option<Filter>) -> Value {
     match filter {
         Some(Filter::Trial(id)) => json!({ "trial_id": id }),
@@ -339,6 +359,7 @@ fn session_info(ctx: &Context, request: &Request, session: &Session) -> Value {
         "position_seconds": f64::from(status.position.load(Relaxed)) * BIN_SECONDS,
         "sequence_number": status.sequence.load(Relaxed),
         "packets_generated": status.packets_generated.load(Relaxed),
+        "lsl_streams": session.tap().filter(|t| t.kind == "lsl").map(|t| &t.streams),
         "stream_url": format!("{}/stream/{}", ctx.public_ws_base(Some(request)), session.code()),
     })
 }

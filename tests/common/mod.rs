@@ -108,10 +108,15 @@ impl TestServer {
         Self::serving(dataset, test_engine_config(), test_server_config())
     }
 
-    fn serving(dataset: Arc<PacketTable>, engine: EngineConfig, mut network: ServerConfig) -> Self {
+    fn serving(dataset: Arc<PacketTable>, engine: EngineConfig, network: ServerConfig) -> Self {
+        Self::of_registry(Registry::new(dataset, engine), network)
+    }
+
+    /// A server of a registry set up by the test (a tap source, say), on loopback.
+    pub fn of_registry(registry: Registry, mut network: ServerConfig) -> Self {
         network.host = "127.0.0.1".into();
         network.port = 0;
-        let registry = Arc::new(Registry::new(dataset, engine));
+        let registry = Arc::new(registry);
         let server = Server::start(registry, network).expect("test server starts");
         let addr = server.local_addr();
         Self {
