@@ -3,9 +3,9 @@
 //! `tiny_http::Request::upgrade` hands back a `Box<dyn ReadWrite>` that hides the socket: no
 //! `set_nodelay`, no timeouts, no way to split reading from writing, and writes go through a
 //! mutex-guarded buffer. We need all of those, so we find the socket by its addresses among
-//! our own file descriptors (`/proc/self/fd`) and duplicate it. The upgraded box must stay
-//! alive as long as the duplicate is used: dropping it shuts the connection down (which is
-//! exactly what we want when the client ends). Cost: one directory scan per WebSocket
+//! our own file descriptors (`/proc/self/fd`) and duplicate it. Our vendored tiny_http's
+//! `upgrade` disarms the shutdown its handles would do on drop, so the upgraded box is dropped
+//! right after, freeing tiny_http's connection thread. Cost: one directory scan per WebSocket
 //! connect, on a network thread; nothing per packet.
 
 use std::io;

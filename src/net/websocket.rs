@@ -159,12 +159,16 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
     ctx.reaper.add_websocket(remote);
     let response = with_header(Response::empty(101), "Sec-WebSocket-Accept", &accept_key);
     let upgraded = request.upgrade("websocket", response);
-    let socket = match recover_tcp_stream(remote, ctx.local_addr.port()) {
+    let recovered = recover_tcp_stream(remote, ctx.local_addr.port());
+    // Our duplicate keeps the connection open: tiny_http's handles (upgrade disarmed their
+    // shutdown, see vendor/tiny_http/PATCHES.md) close now, releasing its pool thread.
+    drop(upgraded);
+    let socket = match recovered {
         Ok(socket) => socket,
         Err(e) => {
             log::error!("client {remote}: cannot take over its socket after upgrade: {e}");
             abandon(ctx, &session, &client);
-            return; // dropping `upgraded` closes the connection
+            return; // no descriptor is left: the connection closes
         }
     };
     let stall = ctx.registry.config().stall_timeout;
@@ -193,7 +197,6 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
         Arc::clone(&client),
         Arc::clone(&session),
         Arc::clone(&reader_done),
-        upgraded,
     );
     let writer_ctx = Arc::clone(ctx);
     let writer_session = Arc::clone(&session);

@@ -34,8 +34,6 @@ pub struct Writer {
     client: Arc<ClientShared>,
     session: Arc<Session>,
     reader_done: Arc<AtomicBool>,
-    /// Kept alive until the writer ends: dropping it shuts the connection down.
-    _upgraded: Box<dyn tiny_http::ReadWrite + Send>,
     /// Delay line: jitter draws, and the last release time so jitter never reorders packets.
     rng: Pcg32,
     last_due: Instant,
@@ -57,7 +55,7 @@ pub enum WriterExit {
 impl Writer {
     /// A writer for `client`: `socket` is its own duplicate of the connection, `ring` brings
     /// frames from the timing thread, `control` brings the reader's replies, `reader_done`
-    /// says the reader has ended, and `upgraded` is tiny_http's handle on the connection.
+    /// says the reader has ended.
     pub fn new(
         socket: TcpStream,
         ring: Consumer<Arc<Frame>>,
@@ -65,7 +63,6 @@ impl Writer {
         client: Arc<ClientShared>,
         session: Arc<Session>,
         reader_done: Arc<AtomicBool>,
-        upgraded: Box<dyn tiny_http::ReadWrite + Send>,
     ) -> Self {
         let rng = Pcg32::seed_from_u64(client.id);
         Self {
@@ -75,7 +72,6 @@ impl Writer {
             client,
             session,
             reader_done,
-            _upgraded: upgraded,
             rng,
             last_due: Instant::now(),
         }

@@ -34,6 +34,9 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    /// PhantomLink patch: disarms the socket's shutdown on drop after an upgrade.
+    detach: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Error that can happen when reading a request.
@@ -62,6 +65,7 @@ impl ClientConnection {
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        let detach = read_socket.detach_flag();
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
@@ -73,6 +77,7 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            detach,
         }
     }
 
@@ -173,6 +178,7 @@ impl ClientConnection {
             *self.remote_addr.as_ref().unwrap(),
             data_source,
             writer,
+            Some(std::sync::Arc::clone(&self.detach)),
         )
         .map_err(|e| {
             use crate::request;

@@ -74,6 +74,10 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    /// PhantomLink patch: set by `upgrade` so that dropping the upgraded stream (or the
+    /// connection's other handles) no longer shuts the socket down.
+    detach: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 struct NotifyOnDrop<R> {
@@ -135,6 +139,7 @@ pub fn new_request<R, W>(
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
     writer: W,
+    detach: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -238,6 +243,7 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        detach,
     })
 }
 
@@ -320,6 +326,13 @@ impl Request {
             .ok(); // TODO: unused result
 
         self.response_writer.as_mut().unwrap().flush().ok(); // TODO: unused result
+
+        // PhantomLink patch: the caller takes the connection over (it duplicates the socket);
+        // tiny_http's handles must close their descriptors without shutting it down, so the
+        // returned stream can be dropped at once and the connection's pool thread released.
+        if let Some(detach) = &self.detach {
+            detach.store(true, std::sync::atomic::Ordering::Release);
+        }
 
         let stream = CustomStream::new(self.extract_reader_impl(), self.extract_writer_impl());
         if let Some(sender) = self.notify_when_responded.take() {

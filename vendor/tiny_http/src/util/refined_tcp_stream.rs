@@ -1,6 +1,8 @@
 use std::io::Result as IoResult;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::connection::Connection;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -86,6 +88,10 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    /// PhantomLink patch: shared by both halves; once set (by `Request::upgrade`), dropping
+    /// the halves closes tiny_http's descriptors without shutting the connection down, so
+    /// the owner of the upgraded connection can keep using its own duplicate of the socket.
+    detached: Arc<AtomicBool>,
 }
 
 impl RefinedTcpStream {
@@ -96,17 +102,20 @@ impl RefinedTcpStream {
         let stream: Stream = stream.into();
 
         let (read, write) = (stream.clone(), stream);
+        let detached = Arc::new(AtomicBool::new(false));
 
         let read = RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            detached: Arc::clone(&detached),
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            detached,
         };
 
         (read, write)
@@ -121,10 +130,18 @@ impl RefinedTcpStream {
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
     }
+
+    /// PhantomLink patch: the flag that disarms the shutdown on drop (see `detached`).
+    pub(crate) fn detach_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.detached)
+    }
 }
 
 impl Drop for RefinedTcpStream {
     fn drop(&mut self) {
+        if self.detached.load(Ordering::Acquire) {
+            return;
+        }
         if self.close_read {
             self.stream.shutdown(Shutdown::Read).ok();
         }
