@@ -155,6 +155,7 @@ fn session_json(session: &Session, state: &SessionState, now: Instant) -> Value 
         "bandwidth_bps": totals.bytes as f64 * 8.0 / age,
         "packets_generated": status.packets_generated.load(Relaxed),
         "sequence_number": status.sequence.load(Relaxed),
+        "noise": state.noise,
         "frame_pool_misses": status.frame_pool_misses.load(Relaxed),
         "schedule_resets": status.schedule_resets.load(Relaxed),
         "timing_thread": {

@@ -109,6 +109,20 @@ pub struct Client {
     pub ring_high_water: u64,
     #[serde(default)]
     pub ring_capacity: Option<u64>,
+    /// Closed-loop figures, once the client answers packets with `decoded` messages.
+    #[serde(default)]
+    pub decoder: Option<Decoder>,
+}
+
+/// `clients[].decoder`: how a client's decoder answers (docs/CLOSED_LOOP.md).
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Decoder {
+    pub round_trip_ms: Latency,
+    /// mm/s
+    pub velocity_error: Latency,
+    pub matched: u64,
+    pub late: u64,
+    pub malformed: u64,
 }
 
 /// `process`.
@@ -183,6 +197,24 @@ pub fn drop_rate(sent: u64, dropped: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_decoder_figures_of_closed_loop_clients() {
+        let doc = r#"{"id": 3, "remote": "127.0.0.1:5", "format": "json", "connected_at": 1.0,
+          "packets_sent": 10, "dropped_packets": 0, "bytes_sent": 100, "bandwidth_bps": 8.0,
+          "network_latency_ms": {"mean": 0.1, "std": 0.0, "max": 0.2}, "ring_high_water": 1,
+          "decoder": {"round_trip_ms": {"mean": 0.4, "std": 0.1, "max": 0.9, "p99": 0.8},
+                      "velocity_error": {"mean": 61.0, "std": 9.0, "max": 240.0, "p99": 200.0},
+                      "position_error": {"mean": 0.0, "std": 0.0, "max": 0.0},
+                      "matched": 9, "late": 1, "unknown": 0, "malformed": 0, "messages": 10}}"#;
+        let client: Client = serde_json::from_str(doc).unwrap();
+        let decoder = client.decoder.expect("decoder figures");
+        assert_eq!((decoder.matched, decoder.late), (9, 1));
+        assert_eq!(decoder.round_trip_ms.p99, Some(0.8));
+        let without: Client =
+            serde_json::from_str(&doc.replace(r#""decoder""#, r#""other""#)).unwrap();
+        assert!(without.decoder.is_none());
+    }
 
     #[test]
     fn reads_the_reference_schema() {

@@ -391,6 +391,19 @@ impl Block<'_> {
             let row = client_cells(cells.each_ref().map(String::as_str));
             let flagged = self.violations.iter().any(|v| v.client == Some(c.id));
             let _ = writeln!(out, "{}", if flagged { style.red(&row) } else { row });
+            if let Some(d) = &c.decoder {
+                let _ = writeln!(
+                    out,
+                    "    decoder: round trip p50 {} p99 {} ms, velocity error mean {:.1} p99 {} mm/s, matched {} late {} malformed {}",
+                    ms(d.round_trip_ms.p50),
+                    ms(d.round_trip_ms.p99),
+                    d.velocity_error.mean,
+                    ms(d.velocity_error.p99),
+                    thousands(d.matched),
+                    thousands(d.late),
+                    thousands(d.malformed),
+                );
+            }
         }
         for v in self.violations {
             let _ = writeln!(out, "  {}", style.red(&format!("ALERT {v}")));
