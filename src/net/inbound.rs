@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::http::truncate;
 use crate::codec::{Frame, WireFormat};
 use crate::dataset::PacketTable;
 use crate::engine::feedback::{process_nanos, DecoderStats, Lookup};
@@ -133,13 +134,6 @@ fn error_frame(format: WireFormat, detail: &str) -> Frame {
         log::error!("error reply could not be encoded: {e}");
     }
     frame
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
 }
 
 #[cfg(test)]
