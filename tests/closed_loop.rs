@@ -156,3 +156,87 @@ fn wait_for_error(client: &mut WsClient) -> Value {
     }
     panic!("no error reply within 5 s");
 }
+
+#[test]
+fn an_echo_client_sees_the_round_trip_the_server_reports() {
+    let server = TestServer::start();
+    let code = "closed-loop-echo";
+    let mut client = server.ws(&format!("/stream/{code}"));
+    client.metadata();
+    // The client's own view: from the packet's generation (its timestamp, same host clock)
+    // to its answer leaving. The server's view: from the packet's write to the answer's
+    // arrival. Both span the same loopback hops and the client's own delay.
+    let mut own = Vec::new();
+    for _ in 0..120 {
+        let data = client.next_data();
+        let answer = json!({"type": "decoded", "sequence_number": data["sequence_number"],
+                            "vx": 0.0, "vy": 0.0});
+        client.ws.send(Message::Text(answer.to_string())).unwrap();
+        let sent = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        own.push((sent - data["timestamp"].as_f64().unwrap()) * 1e3);
+    }
+    own.sort_by(f64::total_cmp);
+    let own_p50 = own[own.len() / 2];
+    let mut decoder = Value::Null;
+    let counted = wait_until(Duration::from_secs(5), || {
+        decoder = decoders(&server, code).pop().unwrap_or(Value::Null);
+        decoder["matched"].as_u64().unwrap_or(0) + decoder["late"].as_u64().unwrap_or(0) >= 120
+    });
+    assert!(counted, "{decoder}");
+    let server_p50 = decoder["round_trip_ms"]["p50"].as_f64().unwrap();
+    // Loopback hops are tens of microseconds; a loaded test machine adds scheduling delay to
+    // both views alike, so allow a few milliseconds.
+    assert!(
+        (own_p50 - server_p50).abs() < 5.0,
+        "client sees {own_p50:.3} ms, server reports {server_p50:.3} ms"
+    );
+}
+
+#[test]
+fn the_same_seed_and_noise_give_the_same_counts_on_every_run() {
+    let run = || {
+        let server = TestServer::start();
+        let created = server.post("/api/sessions/create?custom_code=noisy-replay&noise=moderate");
+        assert_eq!(created.status, 200, "{}", created.text());
+        let mut client = server.ws("/stream/noisy-replay");
+        client.metadata();
+        client
+            .data_n(40, Duration::from_secs(5))
+            .into_iter()
+            .map(|d| {
+                (
+                    d["sequence_number"].clone(),
+                    d["spikes"]["spike_counts"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let (first, second) = (run(), run());
+    assert_eq!(first.len(), 40);
+    assert_eq!(
+        first, second,
+        "same seed, same noise: byte-identical counts"
+    );
+    // And the noise is really there: counts differ from the clean table.
+    let clean = table();
+    let changed = first
+        .iter()
+        .filter(|(seq, counts)| {
+            let bin = seq.as_u64().unwrap() - 1; // a fresh session plays bin 0 as packet 1
+            let row: Vec<Value> = clean
+                .row(bin as u32)
+                .spike_counts
+                .iter()
+                .map(|&c| json!(c))
+                .collect();
+            counts.as_array().unwrap() != &row
+        })
+        .count();
+    assert!(
+        changed > 30,
+        "moderate noise changed only {changed} of 40 packets"
+    );
+}
