@@ -44,7 +44,7 @@ pub enum Lookup {
     Sent {
         /// Packet-table row of the packet.
         bin: u32,
-        /// When its write returned, ns since [`process_nanos`]'s origin.
+        /// When it was handed to the socket, ns since [`process_nanos`]'s origin.
         sent_ns: u64,
     },
     /// Older than the window.
@@ -75,7 +75,8 @@ impl SentLog {
         }
     }
 
-    /// Logs packet `sequence` (row `bin`) as written at `sent`. Writer thread only.
+    /// Logs packet `sequence` (row `bin`) as handed to the socket at `sent`, just before the
+    /// write (so an answer can never arrive before its packet is logged). Writer thread only.
     pub fn record(&self, sequence: u64, bin: u32, sent: Instant) {
         let slot = &self.slots[(sequence % self.slots.len() as u64) as usize];
         // A seqlock with one writer: readers that see WRITING, or a different sequence after
@@ -116,7 +117,7 @@ impl SentLog {
 /// How a client's decoder is doing. Allocated on its first decoder message.
 #[derive(Debug)]
 pub struct DecoderStats {
-    /// Packet written → decoded answer received, ns.
+    /// Packet handed to the socket → decoded answer received, ns.
     pub round_trip: AtomicHistogram,
     /// |decoded velocity − true velocity|, thousandths of mm/s.
     pub velocity_error: AtomicHistogram,

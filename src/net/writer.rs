@@ -129,14 +129,15 @@ impl Writer {
                 if let Some(exit) = self.hold(&frame) {
                     return exit;
                 }
+                // Logged before the write: on loopback a decoder can answer before the write
+                // call has even returned, and its answer must find the packet.
+                self.client
+                    .sent
+                    .record(frame.sequence_number, frame.bin, Instant::now());
                 if let Err(e) = self.write_counted(frame.bytes()) {
                     return self.failed(e);
                 }
-                let written = Instant::now();
-                self.client
-                    .sent
-                    .record(frame.sequence_number, frame.bin, written);
-                let latency = written.duration_since(frame.tick).as_nanos() as u64;
+                let latency = frame.tick.elapsed().as_nanos() as u64;
                 self.client.latency.record(latency);
                 self.session.status().latency.record(latency);
                 self.client.counters.packets_sent.fetch_add(1, Relaxed);
