@@ -54,9 +54,10 @@ fn decoders(server: &TestServer, code: &str) -> Vec<Value> {
 fn a_trained_decoder_beats_zeros_and_its_round_trips_are_recorded() {
     let server = TestServer::start();
     let code = "closed-loop";
-    // Both wait 12 s (one trains meanwhile), so they answer the same packets.
-    let _zero = decoder(&server, code, &["--zero", "--train-seconds", "12"]);
-    let _ridge = decoder(&server, code, &["--train-seconds", "12", "--history", "2"]);
+    // Both wait 480 packets (one trains on them meanwhile), so they answer the same packets,
+    // and the training data does not depend on how busy the machine is.
+    let _zero = decoder(&server, code, &["--zero", "--train-packets", "480"]);
+    let _ridge = decoder(&server, code, &["--train-packets", "480", "--history", "2"]);
     let mut seen = Vec::new();
     let ready = wait_until(Duration::from_secs(40), || {
         seen = decoders(&server, code);

@@ -30,6 +30,10 @@ struct Args {
     /// Seconds of stream to train on before answering.
     #[arg(long, default_value_t = 60.0)]
     train_seconds: f64,
+    /// Train on this many packets instead of `--train-seconds` (the same data however busy
+    /// the machine is).
+    #[arg(long)]
+    train_packets: Option<usize>,
     /// Seconds to answer for after training (0: until the stream ends).
     #[arg(long, default_value_t = 0.0)]
     run_seconds: f64,
@@ -117,6 +121,7 @@ fn run(args: &Args) -> Result<(), String> {
     let mut decoder: Option<RidgeDecoder> = None;
     let started = Instant::now();
     let mut answering_since: Option<Instant> = None;
+    let mut seen = 0usize;
     let (mut answered, mut sse, mut sst, mut sum, mut n) = (0u64, 0.0, 0.0, [0.0; 2], 0.0);
     let mut truth_seen = Vec::new();
     loop {
@@ -143,7 +148,12 @@ fn run(args: &Args) -> Result<(), String> {
             if !args.zero {
                 t.add(&history, p.velocity);
             }
-            if started.elapsed().as_secs_f64() < args.train_seconds {
+            seen += 1;
+            let training = match args.train_packets {
+                Some(packets) => seen < packets,
+                None => started.elapsed().as_secs_f64() < args.train_seconds,
+            };
+            if training {
                 continue;
             }
             let t = trainer.take().ok_or("trainer gone")?;
