@@ -293,5 +293,33 @@ fn histogram(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, tick, tick_parked_writers, ring, histogram);
+/// Noise on the tick path: one packet's 142 counts through the `moderate` preset (Gaussian
+/// noise and drift) and through dropout alone.
+fn noise(c: &mut Criterion) {
+    use phantomlink::engine::{NoiseConfig, NoiseState};
+    let mut group = c.benchmark_group("noise");
+    group
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(30);
+    let counts: Vec<u16> = (0..142).map(|i| (i % 4) as u16).collect();
+    let moderate = NoiseConfig::preset("moderate").expect("preset exists");
+    let dropout = NoiseConfig {
+        dropout: 0.25,
+        ..NoiseConfig::OFF
+    };
+    for (name, config) in [("moderate_142", moderate), ("dropout_142", dropout)] {
+        let mut state = NoiseState::new(config, counts.len(), 7);
+        let mut sequence = 0u64;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                sequence += 1;
+                black_box(state.apply(black_box(&counts), sequence).len())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, tick, tick_parked_writers, ring, histogram, noise);
 criterion_main!(benches);
