@@ -19,7 +19,7 @@
 
 mod common;
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -168,64 +168,23 @@ fn raw_upgrade(addr: SocketAddr, path: &str, recv_buffer: Option<usize>) -> TcpS
 struct Ending {
     data_frames: usize,
     close_code: Option<u16>,
-    how: &'static str,
+    how: RawEnd,
 }
 
 /// Reads server frames until the connection ends or `within` passes.
 fn read_until_end(stream: &mut TcpStream, within: Duration) -> Ending {
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let deadline = Instant::now() + within;
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    let how = loop {
-        if Instant::now() >= deadline {
-            break "still open";
-        }
-        match stream.read(&mut buf) {
-            Ok(0) => break "EOF",
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break "reset",
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => break "error",
-        }
-    };
+    let (bytes, how) = read_raw_until_end(stream, within, Duration::from_millis(200));
     let mut ending = Ending {
         data_frames: 0,
         close_code: None,
         how,
     };
-    let mut at = 0;
-    while at + 2 <= bytes.len() {
-        let opcode = bytes[at] & 0x0f;
-        let (len, header) = match bytes[at + 1] & 0x7f {
-            126 if at + 4 <= bytes.len() => (
-                u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize,
-                4,
-            ),
-            127 if at + 10 <= bytes.len() => (
-                u64::from_be_bytes(bytes[at + 2..at + 10].try_into().unwrap()) as usize,
-                10,
-            ),
-            126 | 127 => break,
-            short => (short as usize, 2),
-        };
-        let Some(payload) = bytes.get(at + header..at + header + len) else {
-            break;
-        };
+    for (opcode, payload) in server_frames(&bytes) {
         match opcode {
             0x1 | 0x2 => ending.data_frames += 1,
-            0x8 if payload.len() >= 2 => {
-                ending.close_code = Some(u16::from_be_bytes([payload[0], payload[1]]))
-            }
+            0x8 => ending.close_code = close_code(payload).or(ending.close_code),
             _ => {}
         }
-        at += header + len;
     }
     ending
 }
@@ -563,7 +522,7 @@ fn misbehaving_clients_cost_the_others_nothing() {
         stall_closed_after >= STALL,
         "stalled client closed after only {stall_closed_after:?}"
     );
-    assert_ne!(stall_ending.how, "still open", "{stall_ending:?}");
+    assert_ne!(stall_ending.how, RawEnd::StillOpen, "{stall_ending:?}");
     if let Some(code) = stall_ending.close_code {
         assert_eq!(code, 1008, "stalled client's close code");
     }
@@ -573,7 +532,7 @@ fn misbehaving_clients_cost_the_others_nothing() {
         Some(1002),
         "half-closed client: {half_close_ending:?}"
     );
-    assert_ne!(half_close_ending.how, "still open");
+    assert_ne!(half_close_ending.how, RawEnd::StillOpen);
     // (c) each garbage client closed with its code, and counted.
     for (name, want, got) in &garbage_results {
         assert_eq!(*got, Some(*want), "garbage client {name:?}");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{self, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -42,57 +42,18 @@ fn connect_slow(addr: SocketAddr, path: &str) -> TcpStream {
 struct Drained {
     sequences: Vec<u64>,
     close_code: Option<u16>,
-    ended: &'static str,
+    ended: RawEnd,
 }
 
 fn drain(stream: &mut TcpStream, within: Duration) -> Drained {
-    stream
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let deadline = Instant::now() + within;
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    let ended = loop {
-        if Instant::now() >= deadline {
-            break "still open";
-        }
-        match stream.read(&mut buf) {
-            Ok(0) => break "EOF",
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break "reset",
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("slow client read failed: {e}"),
-        }
-    };
+    let (bytes, ended) = read_raw_until_end(stream, within, Duration::from_millis(500));
+    assert_ne!(ended, RawEnd::Error, "slow client read failed");
     let mut drained = Drained {
         sequences: Vec::new(),
         close_code: None,
         ended,
     };
-    // Server frames: FIN + opcode, unmasked length (7 bits, 16 or 64 bits extended).
-    let mut at = 0;
-    while at + 2 <= bytes.len() {
-        let opcode = bytes[at] & 0x0f;
-        assert_eq!(bytes[at + 1] & 0x80, 0, "server frames are never masked");
-        let (len, header) = match bytes[at + 1] & 0x7f {
-            126 if at + 4 <= bytes.len() => (
-                u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize,
-                4,
-            ),
-            127 if at + 10 <= bytes.len() => (
-                u64::from_be_bytes(bytes[at + 2..at + 10].try_into().unwrap()) as usize,
-                10,
-            ),
-            126 | 127 => break,
-            short => (short as usize, 2),
-        };
-        let Some(payload) = bytes.get(at + header..at + header + len) else {
-            break; // cut off mid-frame
-        };
+    for (opcode, payload) in server_frames(&bytes) {
         match opcode {
             0x1 => {
                 let message: Value = serde_json::from_slice(payload).expect("JSON frame");
@@ -100,12 +61,9 @@ fn drain(stream: &mut TcpStream, within: Duration) -> Drained {
                     drained.sequences.push(seq(&message["data"]));
                 }
             }
-            0x8 if payload.len() >= 2 => {
-                drained.close_code = Some(u16::from_be_bytes([payload[0], payload[1]]));
-            }
+            0x8 => drained.close_code = close_code(payload).or(drained.close_code),
             other => panic!("unexpected opcode {other} on the slow client"),
         }
-        at += header + len;
     }
     drained
 }
@@ -176,7 +134,8 @@ fn a_stalled_client_loses_packets_alone_and_is_closed() {
     assert!(closed_after >= STALL, "closed after only {closed_after:?}");
     let drained = drain(&mut slow, Duration::from_secs(10));
     assert_ne!(
-        drained.ended, "still open",
+        drained.ended,
+        RawEnd::StillOpen,
         "the server never closed the slow client"
     );
     if let Some(code) = drained.close_code {
@@ -206,7 +165,7 @@ fn a_stalled_client_loses_packets_alone_and_is_closed() {
     let good_after = client_metrics(&after, code, good_addr).unwrap();
     assert_eq!(good_after["dropped_packets"], 0);
     eprintln!(
-        "slow client: {} packets buffered, {slow_drops}+ dropped, closed after {closed_after:?} ({}, close code {:?})",
+        "slow client: {} packets buffered, {slow_drops}+ dropped, closed after {closed_after:?} ({:?}, close code {:?})",
         drained.sequences.len(),
         drained.ended,
         drained.close_code

@@ -859,3 +859,80 @@ pub fn row_part(data: &Value) -> Value {
     object.remove("sequence_number");
     via_json_text(&copy)
 }
+
+/// How a raw connection ended when read to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawEnd {
+    /// The server closed it (read returned 0).
+    Eof,
+    /// The server reset it.
+    Reset,
+    /// Another read error.
+    Error,
+    /// Still open after the time allowed.
+    StillOpen,
+}
+
+/// Reads everything the server sends on a raw socket until the connection ends or `within`
+/// passes, polling every `poll`.
+pub fn read_raw_until_end(
+    stream: &mut TcpStream,
+    within: Duration,
+    poll: Duration,
+) -> (Vec<u8>, RawEnd) {
+    stream.set_read_timeout(Some(poll)).unwrap();
+    let deadline = Instant::now() + within;
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let end = loop {
+        if Instant::now() >= deadline {
+            break RawEnd::StillOpen;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => break RawEnd::Eof,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break RawEnd::Reset,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break RawEnd::Error,
+        }
+    };
+    (bytes, end)
+}
+
+/// The server frames in `bytes` as `(opcode, payload)`, stopping at a frame cut off at the
+/// end. Panics on a masked frame: server frames never are.
+pub fn server_frames(bytes: &[u8]) -> Vec<(u8, &[u8])> {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 2 <= bytes.len() {
+        let opcode = bytes[at] & 0x0f;
+        assert_eq!(bytes[at + 1] & 0x80, 0, "server frames are never masked");
+        let (len, header) = match bytes[at + 1] & 0x7f {
+            126 if at + 4 <= bytes.len() => (
+                u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize,
+                4,
+            ),
+            127 if at + 10 <= bytes.len() => (
+                u64::from_be_bytes(bytes[at + 2..at + 10].try_into().unwrap()) as usize,
+                10,
+            ),
+            126 | 127 => break,
+            short => (short as usize, 2),
+        };
+        let Some(payload) = bytes.get(at + header..at + header + len) else {
+            break; // cut off mid-frame
+        };
+        frames.push((opcode, payload));
+        at += header + len;
+    }
+    frames
+}
+
+/// The status code of a close frame's payload, if it has one.
+pub fn close_code(payload: &[u8]) -> Option<u16> {
+    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]))
+}
