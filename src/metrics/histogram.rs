@@ -244,15 +244,6 @@ impl AtomicHistogram {
     }
 }
 
-/// Adds `from` into `into`, clamping values `into` cannot hold rather than losing them.
-pub fn merge(into: &mut Hist, from: &Hist) {
-    if into.add(from).is_err() {
-        for value in from.iter_recorded() {
-            into.saturating_record_n(value.value_iterated_to(), value.count_at_value());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
