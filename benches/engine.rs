@@ -23,7 +23,8 @@ use phantomlink::codec::{Frame, WireFormat};
 use phantomlink::dataset::synthetic::{generate, SyntheticConfig};
 use phantomlink::dataset::PacketTable;
 use phantomlink::engine::{
-    ClientShared, Command, SessionStatus, Subscriber, TimingConfig, TimingLoop, PERIOD,
+    ClientShared, Command, SessionStatus, SpinControl, Subscriber, TimingConfig, TimingLoop,
+    WriterWaker, PERIOD,
 };
 use phantomlink::metrics::histogram::{AtomicHistogram, LATENCY, LATENESS};
 
@@ -46,7 +47,7 @@ impl Rig {
     fn new(
         table: &Arc<PacketTable>,
         formats: &[WireFormat],
-        writer: impl Fn(usize) -> std::thread::Thread,
+        writer: impl Fn(usize) -> WriterWaker,
     ) -> (Self, Vec<Option<Ring>>) {
         let (commands, commands_rx) = crossbeam_channel::bounded(formats.len() + 8);
         let timing = TimingLoop::new(
@@ -59,7 +60,7 @@ impl Rig {
                 stall_timeout: Duration::from_secs(3600),
                 ring_capacity: RING,
                 max_clients: formats.len().max(1),
-                spin: Duration::ZERO,
+                spin: SpinControl::fixed(Duration::ZERO),
             },
         );
         let mut rings = Vec::new();
@@ -128,7 +129,9 @@ fn tick(c: &mut Criterion) {
         let formats: Vec<WireFormat> = (0..clients)
             .map(|i| WireFormat::ALL[if mixed { i % 2 } else { 0 }])
             .collect();
-        let (mut rig, mut rings) = Rig::new(&table, &formats, |_| std::thread::current());
+        let (mut rig, mut rings) = Rig::new(&table, &formats, |_| {
+            WriterWaker::thread(std::thread::current())
+        });
         for _ in 0..200 {
             rig.tick();
             drain(&mut rings);
@@ -216,7 +219,9 @@ fn tick_parked_writers(c: &mut Criterion) {
                 })
             })
             .collect();
-        let (mut rig, rings) = Rig::new(&table, &formats, |i| handles[i].thread().clone());
+        let (mut rig, rings) = Rig::new(&table, &formats, |i| {
+            WriterWaker::thread(handles[i].thread().clone())
+        });
         for (slot, ring) in slots.iter().zip(rings) {
             *slot.lock().unwrap() = ring;
         }

@@ -81,11 +81,16 @@ pub struct ServeArgs {
     #[arg(long, env = "PHANTOM_CLIENT_BUFFER", default_value_t = 64, value_parser = clap::value_parser!(u64).range(2..=65_536))]
     pub client_buffer: u64,
     /// Microseconds a timing thread spins before each deadline (more: less jitter, more CPU).
-    #[arg(long, env = "PHANTOM_SPIN_US", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=25_000))]
-    pub spin_us: u64,
+    /// Default: automatic, 100 µs up to 16 streaming sessions, then 1600 µs shared among them.
+    #[arg(long, env = "PHANTOM_SPIN_US", value_parser = clap::value_parser!(u64).range(0..=25_000))]
+    pub spin_us: Option<u64>,
     /// Threads answering HTTP requests.
     #[arg(long, env = "PHANTOM_HTTP_WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub http_workers: u64,
+    /// Threads writing to WebSocket clients, each serving many clients (default: one per
+    /// core).
+    #[arg(long, env = "PHANTOM_WRITER_THREADS", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub writer_threads: Option<u64>,
     /// Largest HTTP request body accepted, bytes (413 beyond).
     #[arg(long, env = "PHANTOM_MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
@@ -173,7 +178,7 @@ impl ServeArgs {
             ring_capacity: self.client_buffer as usize,
             cores: self.cores.clone(),
             realtime: self.realtime,
-            spin: Duration::from_micros(self.spin_us),
+            spin: self.spin_us.map(Duration::from_micros),
             seed: self.seed,
             noise: self.noise_config().unwrap_or(NoiseConfig::OFF),
             feedback_window: self.feedback_window as usize,
@@ -194,6 +199,9 @@ impl ServeArgs {
             host: self.host.clone(),
             port: self.port,
             http_workers: self.http_workers as usize,
+            writer_threads: self
+                .writer_threads
+                .map_or_else(crate::net::default_writer_threads, |n| n as usize),
             max_body_bytes: self.max_body_bytes,
             cors_origin: self.cors_origin.clone(),
             http_idle_timeout: self.http_idle_timeout,

@@ -9,6 +9,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,8 +17,8 @@ use phantomlink::codec::{Frame, WireFormat};
 use phantomlink::dataset::synthetic::{generate, SyntheticConfig};
 use phantomlink::dataset::PacketTable;
 use phantomlink::engine::{
-    tap, ClientShared, Command, NoiseConfig, NoiseState, SessionStatus, Subscriber, TapReceiver,
-    TimingConfig, TimingLoop, PERIOD,
+    tap, ClientShared, Command, NoiseConfig, NoiseState, SessionStatus, SpinControl, Subscriber,
+    TapReceiver, TimingConfig, TimingLoop, WriterWaker, PERIOD,
 };
 use rtrb::{Consumer, RingBuffer};
 
@@ -130,12 +131,14 @@ fn steady_state_tick_does_not_allocate() {
             stall_timeout: Duration::from_secs(10),
             ring_capacity,
             max_clients: 8,
-            spin: Duration::ZERO,
+            spin: SpinControl::fixed(Duration::ZERO),
         },
     );
 
     // Two clients per format, as the server would subscribe them (control events may allocate).
     let mut rings = Vec::new();
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded(8);
+    let mut flags = Vec::new();
     for (id, format) in [
         WireFormat::Json,
         WireFormat::MessagePack,
@@ -152,14 +155,20 @@ fn steady_state_tick_does_not_allocate() {
             format,
             ring_capacity,
         ));
+        // Woken as the writer pool wakes them: marked on a ready queue, which the "pool"
+        // below drains after each tick.
+        let queued = Arc::new(AtomicBool::new(false));
+        let waker = WriterWaker::pooled(
+            std::thread::current(),
+            ready_tx.clone(),
+            id as u64,
+            Arc::clone(&queued),
+        );
         commands
-            .send(Command::Subscribe(Subscriber::new(
-                producer,
-                client,
-                std::thread::current(),
-            )))
+            .send(Command::Subscribe(Subscriber::new(producer, client, waker)))
             .unwrap();
         rings.push(consumer);
+        flags.push(queued);
     }
 
     // Noise is applied on the tick too: it must not allocate either.
@@ -189,6 +198,7 @@ fn steady_state_tick_does_not_allocate() {
     let mut allocations = 0;
     let mut frames = 0;
     let mut samples = 0;
+    let mut woken = 0;
     for n in 0..3000u32 {
         // Control from the network side, sent outside the counted region as a sender would.
         match n % 500 {
@@ -203,7 +213,19 @@ fn steady_state_tick_does_not_allocate() {
         let (f, s) = drain_checked(&mut rings, &mut tap_rx);
         frames += f;
         samples += s;
+        // Every client marked ready once per tick that had a packet, never twice.
+        let mut ready: Vec<u64> = ready_rx.try_iter().collect();
+        ready.sort_unstable();
+        assert!(
+            ready.is_empty() || ready == [0, 1, 2, 3],
+            "tick {n}: ready queue {ready:?}"
+        );
+        woken += usize::from(!ready.is_empty());
+        for flag in &flags {
+            flag.store(false, std::sync::atomic::Ordering::Release);
+        }
     }
+    assert!(woken > 2900, "writers were woken on every tick ({woken})");
     assert!(frames > 4 * 2900, "every client got its frames ({frames})");
     assert!(samples > 2900, "the tap got every tick ({samples})");
     assert_eq!(
@@ -240,7 +262,7 @@ fn a_stalled_tap_drops_counted_without_allocating_or_holding_up_clients() {
             stall_timeout: Duration::from_secs(10),
             ring_capacity,
             max_clients: 2,
-            spin: Duration::ZERO,
+            spin: SpinControl::fixed(Duration::ZERO),
         },
     );
     let (producer, consumer) = RingBuffer::new(ring_capacity);
@@ -254,7 +276,7 @@ fn a_stalled_tap_drops_counted_without_allocating_or_holding_up_clients() {
         .send(Command::Subscribe(Subscriber::new(
             producer,
             client,
-            std::thread::current(),
+            WriterWaker::thread(std::thread::current()),
         )))
         .unwrap();
     // A consumer that never takes anything: its 8 buffers fill, then every tick is dropped.

@@ -2,12 +2,11 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use rtrb::{Producer, PushError};
 
-use super::{ClientShared, CloseReason};
+use super::{ClientShared, CloseReason, WriterWaker};
 use crate::codec::Frame;
 
 /// The timing thread's handle on one client.
@@ -16,15 +15,16 @@ pub struct Subscriber {
     pub ring: Producer<Arc<Frame>>,
     /// State shared with the client's writer and metrics.
     pub client: Arc<ClientShared>,
-    /// The writer thread, unparked after each push.
-    pub writer: Thread,
+    /// Wakes the client's writer: marked at each push, unparked once the tick's fan-out is
+    /// done.
+    pub writer: WriterWaker,
     full_since: Option<Instant>,
 }
 
 /// What happened when a frame was offered to a subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
-    /// In the ring; the writer was woken.
+    /// In the ring; the writer was marked ready (unpark it after the fan-out).
     Queued,
     /// The ring was full: dropped for this client, counted.
     Dropped,
@@ -36,8 +36,8 @@ pub enum Delivery {
 }
 
 impl Subscriber {
-    /// A subscriber for `client`, whose writer thread is `writer`.
-    pub fn new(ring: Producer<Arc<Frame>>, client: Arc<ClientShared>, writer: Thread) -> Self {
+    /// A subscriber for `client`, whose writer `writer` wakes.
+    pub fn new(ring: Producer<Arc<Frame>>, client: Arc<ClientShared>, writer: WriterWaker) -> Self {
         Self {
             ring,
             client,
@@ -46,8 +46,10 @@ impl Subscriber {
         }
     }
 
-    /// Offers `frame` to the client. Never blocks; never allocates (an `Arc` clone is an
-    /// atomic increment); the only syscall is the futex wake inside `unpark`.
+    /// Offers `frame` to the client and marks its writer ready; the caller unparks it
+    /// ([`WriterWaker::unpark`]) after offering the frame to every subscriber. Never blocks;
+    /// never allocates (an `Arc` clone is an atomic increment); no syscall except the wake of
+    /// a writer asked to close.
     #[inline]
     pub fn offer(&mut self, frame: &Arc<Frame>, now: Instant, stall_timeout: Duration) -> Delivery {
         if self.ring.is_abandoned() {
@@ -58,7 +60,7 @@ impl Subscriber {
                 self.full_since = None;
                 let occupancy = self.ring.buffer().capacity() - self.ring.slots();
                 self.client.note_ring_occupancy(occupancy);
-                self.writer.unpark();
+                self.writer.mark();
                 Delivery::Queued
             }
             Err(PushError::Full(_)) => {
@@ -68,7 +70,7 @@ impl Subscriber {
                 let since = *self.full_since.get_or_insert(now);
                 if now.duration_since(since) > stall_timeout {
                     self.client.request_close(CloseReason::Stalled);
-                    self.writer.unpark();
+                    self.writer.wake();
                     Delivery::Stalled
                 } else {
                     Delivery::Dropped
@@ -148,7 +150,10 @@ mod tests {
             WireFormat::Json,
             capacity,
         ));
-        (Subscriber::new(tx, client, std::thread::current()), rx)
+        (
+            Subscriber::new(tx, client, WriterWaker::thread(std::thread::current())),
+            rx,
+        )
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //!   arrives through a bounded crossbeam channel that the tick drains with `try_recv`;
 //!   status, counters and latency histograms go out through atomics
 //!   ([`crate::metrics::histogram::AtomicHistogram`]).
-//! - **No I/O.** Writers own the sockets; the tick only pushes into rings and unparks them.
+//! - **No I/O.** Writers own the sockets; the tick only pushes into rings, marks the writers
+//!   ready and unparks their pool threads (one futex wake per pool thread, see [`WriterWaker`]).
 //! - **No allocation in steady state.** Frames come from a per-format pool and are reused once
 //!   every client has let go of them; rings and subscriber lists are sized at subscribe time.
 //!   `tests/no_alloc_tick.rs` holds this with a counting allocator.
@@ -36,6 +37,7 @@ mod registry;
 mod session;
 mod tap;
 mod timing;
+mod wake;
 
 pub use client::{ClientCounters, ClientShared, CloseReason};
 pub use command::{Command, Filter, Playlist};
@@ -47,4 +49,7 @@ pub use session::{AttachError, DepartedTotals, Session, SessionBusy, SessionStat
 pub use tap::{
     tap, Tap, TapConsumer, TapDelivery, TapReceiver, TapSample, TapShared, TapSource, TAP_SLOTS,
 };
-pub use timing::{TickOutcome, TimingConfig, TimingLoop, PERIOD};
+pub use timing::{
+    auto_spin, SpinControl, TickOutcome, TimingConfig, TimingLoop, MAX_SPIN, PERIOD, SPIN_BUDGET,
+};
+pub use wake::WriterWaker;

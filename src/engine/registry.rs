@@ -7,16 +7,15 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 
 use super::realtime::{self, RealtimeMode};
-use super::timing::TimingConfig;
+use super::timing::{auto_spin, SpinControl, TimingConfig, MAX_SPIN};
 use super::{
     tap, ClientShared, CloseReason, Command, NoiseConfig, Session, SessionStatus, TapSource,
-    TimingLoop, TAP_SLOTS,
+    TimingLoop, WriterWaker, TAP_SLOTS,
 };
 use crate::dataset::PacketTable;
 
@@ -43,8 +42,9 @@ pub struct EngineConfig {
     pub cores: Vec<usize>,
     /// SCHED_FIFO policy for timing threads.
     pub realtime: RealtimeMode,
-    /// Spin this long before each deadline instead of sleeping.
-    pub spin: Duration,
+    /// Spin this long before each deadline instead of sleeping; `None`: [`auto_spin`] of the
+    /// number of streaming sessions.
+    pub spin: Option<Duration>,
     /// Server seed; each session's noise seed derives from it and the session code.
     pub seed: u64,
     /// Impairment of sessions that do not ask for their own.
@@ -64,7 +64,7 @@ impl Default for EngineConfig {
             ring_capacity: 64,
             cores: Vec::new(),
             realtime: RealtimeMode::Auto,
-            spin: Duration::from_micros(100),
+            spin: None,
             seed: 42,
             noise: NoiseConfig::OFF,
             feedback_window: 40,
@@ -128,13 +128,15 @@ pub struct Registry {
     live_clients: Arc<AtomicUsize>,
     connections_opened: AtomicU64,
     shutting_down: AtomicBool,
-    writers: Mutex<HashMap<u64, (Arc<ClientShared>, Thread)>>,
+    writers: Mutex<HashMap<u64, (Arc<ClientShared>, WriterWaker)>>,
     tap_source: Option<Arc<dyn TapSource>>,
+    spin: SpinControl,
 }
 
 impl Registry {
     /// A registry serving `table`.
     pub fn new(table: Arc<PacketTable>, config: EngineConfig) -> Self {
+        let config_spin = config.spin.unwrap_or(MAX_SPIN);
         Self {
             table,
             config,
@@ -147,6 +149,7 @@ impl Registry {
             shutting_down: AtomicBool::new(false),
             writers: Mutex::new(HashMap::new()),
             tap_source: None,
+            spin: SpinControl::fixed(config_spin),
         }
     }
 
@@ -361,7 +364,7 @@ impl Registry {
             stall_timeout: self.config.stall_timeout,
             ring_capacity: self.config.ring_capacity,
             max_clients: self.config.max_clients_per_session,
-            spin: self.config.spin,
+            spin: self.spin.clone(),
         };
         let timing = TimingLoop::new(
             Arc::clone(&self.table),
@@ -418,7 +421,7 @@ impl Registry {
     }
 
     /// Remembers a client's writer so shutdown can close it.
-    pub fn track_writer(&self, client: Arc<ClientShared>, writer: Thread) {
+    pub fn track_writer(&self, client: Arc<ClientShared>, writer: WriterWaker) {
         self.writers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -467,10 +470,25 @@ impl Registry {
     /// Asks every connected client to close with `reason`.
     pub fn close_clients(&self, reason: CloseReason) {
         let writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());
-        for (client, thread) in writers.values() {
+        for (client, writer) in writers.values() {
             client.request_close(reason);
-            thread.unpark();
+            writer.wake();
         }
+    }
+
+    /// In automatic spin mode, sets the timing threads' spin for the number of sessions now
+    /// streaming (called by housekeeping a few times a second). Returns the spin in force.
+    pub fn tune_spin(&self) -> Duration {
+        if self.config.spin.is_none() {
+            let streaming = self.map().values().filter(|s| s.client_count() > 0).count();
+            self.spin.set(auto_spin(streaming));
+        }
+        self.spin.get()
+    }
+
+    /// The spin timing threads use now.
+    pub fn spin(&self) -> Duration {
+        self.spin.get()
     }
 
     /// Time since the registry was created.
@@ -547,6 +565,7 @@ fn generate_code() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataset::synthetic::{generate, SyntheticConfig};
 
     #[test]
     fn codes_are_validated() {
@@ -577,5 +596,24 @@ mod tests {
         let min_gap = phases.windows(2).map(|w| w[1] - w[0]).min().unwrap();
         assert!(min_gap > 1_000_000, "phases too close: {phases:?}");
         assert!(phases.iter().all(|&p| p < 25_000_000));
+    }
+
+    #[test]
+    fn automatic_spin_shares_a_budget_and_fixed_spin_stays() {
+        assert_eq!(auto_spin(0), MAX_SPIN);
+        assert_eq!(auto_spin(16), MAX_SPIN);
+        assert_eq!(auto_spin(32), Duration::from_micros(50));
+        assert_eq!(auto_spin(200), Duration::from_micros(8));
+        let table = Arc::new(PacketTable::new(generate(&SyntheticConfig::default())).unwrap());
+        let fixed = Registry::new(
+            Arc::clone(&table),
+            EngineConfig {
+                spin: Some(Duration::from_micros(7)),
+                ..EngineConfig::default()
+            },
+        );
+        assert_eq!(fixed.tune_spin(), Duration::from_micros(7));
+        let auto = Registry::new(table, EngineConfig::default());
+        assert_eq!(auto.tune_spin(), MAX_SPIN, "no session streams yet");
     }
 }

@@ -300,6 +300,11 @@ fn registry_stats(ctx: &Context) -> Value {
             "http_idle_timeout_seconds": ctx.config.http_idle_timeout.as_secs_f64(),
             "handshake_timeout_seconds": ctx.config.http_idle_timeout.as_secs_f64(),
             "http_workers": ctx.config.http_workers.max(1),
+            "writer_threads": ctx.config.writer_threads.max(1),
+        },
+        "timing": {
+            "spin_us": ctx.registry.spin().as_secs_f64() * 1e6,
+            "spin_mode": if config.spin.is_some() { "fixed" } else { "auto" },
         },
         "security": {
             "api_token_required": ctx.config.api_token.is_some(),

@@ -7,7 +7,6 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -16,7 +15,7 @@ use tungstenite::{Error as WsError, Message, WebSocket};
 
 use super::inbound;
 use crate::dataset::PacketTable;
-use crate::engine::{ClientShared, CloseReason};
+use crate::engine::{ClientShared, CloseReason, WriterWaker};
 
 /// Shortest interval between two error replies to one client.
 const ERROR_REPLY_INTERVAL: Duration = Duration::from_millis(100);
@@ -32,7 +31,7 @@ pub const MAX_PENDING_REPLIES: usize = 64;
 struct ReplyRelay {
     socket: TcpStream,
     replies: Sender<Vec<u8>>,
-    writer: Thread,
+    writer: WriterWaker,
 }
 
 impl Read for ReplyRelay {
@@ -48,7 +47,7 @@ impl Write for ReplyRelay {
         self.replies
             .try_send(buf.to_vec())
             .map_err(|_| io::Error::other("client is not reading its replies"))?;
-        self.writer.unpark();
+        self.writer.wake();
         Ok(buf.len())
     }
 
@@ -61,7 +60,7 @@ impl Write for ReplyRelay {
 pub fn run(
     socket: TcpStream,
     replies: Sender<Vec<u8>>,
-    writer: Thread,
+    writer: WriterWaker,
     client: Arc<ClientShared>,
     table: Arc<PacketTable>,
     done: Arc<AtomicBool>,
@@ -96,7 +95,7 @@ pub fn run(
                     if last_error_reply.is_none_or(|t| t.elapsed() >= ERROR_REPLY_INTERVAL) {
                         last_error_reply = Some(received);
                         if error_replies.try_send(frame.bytes().to_vec()).is_ok() {
-                            writer.unpark();
+                            writer.wake();
                         }
                     }
                 }
@@ -119,12 +118,12 @@ pub fn run(
 
 struct DoneGuard {
     done: Arc<AtomicBool>,
-    writer: Thread,
+    writer: WriterWaker,
 }
 
 impl Drop for DoneGuard {
     fn drop(&mut self) {
         self.done.store(true, Relaxed);
-        self.writer.unpark();
+        self.writer.wake();
     }
 }

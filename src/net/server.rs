@@ -15,6 +15,7 @@ use tiny_http::Request;
 use super::api;
 use super::http::{header_value, is_header_value};
 use super::reaper::Reaper;
+use super::writer_pool::WriterPool;
 use crate::codec::Metadata;
 use crate::engine::Registry;
 
@@ -36,6 +37,8 @@ pub struct ServerConfig {
     /// A plain HTTP connection that neither opens nor completes a request for this long is
     /// closed (slow or stalled clients, idle keep-alive, unfinished WebSocket handshakes).
     pub http_idle_timeout: Duration,
+    /// Threads writing to WebSocket clients (each serves many clients).
+    pub writer_threads: usize,
     /// Bearer token required on state-changing routes, if set.
     pub api_token: Option<String>,
     /// Whether streams need the token too.
@@ -52,6 +55,7 @@ impl Default for ServerConfig {
             cors_origin: "*".into(),
             cleanup_interval: Duration::from_secs(60),
             http_idle_timeout: Duration::from_secs(10),
+            writer_threads: default_writer_threads(),
             api_token: None,
             stream_token: false,
         }
@@ -72,6 +76,8 @@ pub struct Context {
     pub started: Instant,
     /// Closes HTTP connections that hold a thread without finishing a request.
     pub reaper: Reaper,
+    /// Threads writing to WebSocket clients.
+    pub writers: WriterPool,
     stopping: AtomicBool,
 }
 
@@ -143,9 +149,12 @@ impl Server {
             num_trials: table.trials().len(),
         };
         let reaper = Reaper::new(local_addr.port(), config.http_idle_timeout);
+        let writers =
+            WriterPool::start(config.writer_threads, registry.config().max_clients_total)?;
         let ctx = Arc::new(Context {
             registry,
             reaper,
+            writers,
             config,
             metadata,
             local_addr,
@@ -197,6 +206,12 @@ impl Server {
     }
 }
 
+/// One writer thread per core: enough to keep up with the timing threads, and no more
+/// context switches than that.
+pub fn default_writer_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 fn bind(host: &str, port: u16) -> io::Result<TcpListener> {
     let addr = (host, port).to_socket_addrs()?.next().ok_or_else(|| {
         io::Error::new(
@@ -240,8 +255,8 @@ fn serve(ctx: &Arc<Context>, http: &tiny_http::Server) {
 /// How often idle HTTP connections are looked for.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 
-/// Cuts sliding-window intervals, closes idle HTTP connections, and removes expired sessions
-/// every `cleanup_interval`.
+/// Cuts sliding-window intervals, retunes the timing threads' spin, closes idle HTTP
+/// connections, and removes expired sessions every `cleanup_interval`.
 fn housekeeping(ctx: &Context) {
     let mut last_cleanup = Instant::now();
     let mut last_reap = Instant::now();
@@ -251,6 +266,7 @@ fn housekeeping(ctx: &Context) {
         for session in ctx.registry.sessions() {
             session.rotate_windows(now);
         }
+        ctx.registry.tune_spin();
         if now.duration_since(last_reap) >= REAP_EVERY {
             last_reap = now;
             let reaped = ctx.reaper.reap(now);

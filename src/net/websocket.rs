@@ -1,11 +1,11 @@
-//! WebSocket connect: checks, session attach, the 101 answer, and the client's two threads.
+//! WebSocket connect: checks, session attach, the 101 answer, then the client's writer (on
+//! the writer pool) and its reader thread.
 //!
 //! Everything that can be refused is refused before the upgrade, as a normal HTTP error with
 //! a JSON `detail` (unknown filter 400, conflicting filter 409, limits 503), so clients see a
 //! reason rather than a dropped connection.
 
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -17,11 +17,11 @@ use super::http::{header_value, respond_unread, with_header, ApiError, Params};
 use super::reader::{self, MAX_PENDING_REPLIES};
 use super::server::Context;
 use super::socket::recover_tcp_stream;
-use super::writer::Writer;
+use super::writer::{Writer, WriterExit};
 use crate::codec::{encode_metadata, Frame, SessionRef, WireFormat};
 use crate::engine::{ClientShared, CloseReason, Command, Filter, Playlist, Session, Subscriber};
 
-/// Stack of client threads: they hold little on the stack; 256 KiB leaves ample margin.
+/// Stack of reader threads: they hold little on the stack; 256 KiB leaves ample margin.
 const CLIENT_STACK: usize = 256 * 1024;
 
 /// Handles `GET /stream[/binary]/{code}`: answers errors itself, or upgrades and starts the
@@ -175,7 +175,6 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
     let configured = socket
         .set_nodelay(true)
         .and_then(|()| socket2::SockRef::from(&socket).set_send_buffer_size(SEND_BUFFER))
-        .and_then(|()| socket.set_write_timeout(Some(stall)))
         .and_then(|()| socket.set_read_timeout(None));
     let reader_socket = configured.and_then(|()| socket.try_clone());
     let reader_socket = match reader_socket {
@@ -197,51 +196,39 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
         Arc::clone(&client),
         Arc::clone(&session),
         Arc::clone(&reader_done),
+        metadata,
+        stall,
     );
-    let writer_ctx = Arc::clone(ctx);
-    let writer_session = Arc::clone(&session);
-    let writer_client = Arc::clone(&client);
-    let spawned = std::thread::Builder::new()
-        .name(format!("ws-w-{}", client.id))
-        .stack_size(CLIENT_STACK)
-        .spawn(move || {
-            // Whatever happens in the writer, the client is detached and its place released:
-            // a panic must not leave a ghost client counted against the session's limit.
-            let exit = std::panic::catch_unwind(AssertUnwindSafe(|| writer.run(metadata)));
-            if exit.is_err() {
-                log::error!("client {}: writer panicked", writer_client.id);
-            }
-            log::debug!(
-                "client {} ({}) ended: {exit:?}",
-                writer_client.id,
-                writer_client.remote
-            );
-            writer_session.detach(writer_client.id);
-            writer_ctx.registry.untrack_writer(writer_client.id);
-            writer_ctx.reaper.remove_websocket(writer_client.remote);
-            drop(ticket);
-        });
-    let writer_handle = match spawned {
-        Ok(handle) => handle,
-        Err(e) => {
-            log::error!("client {remote}: cannot spawn writer thread: {e}");
-            abandon(ctx, &session, &client);
-            return;
-        }
-    };
-    let writer_thread = writer_handle.thread().clone();
+    let exit_ctx = Arc::clone(ctx);
+    let exit_session = Arc::clone(&session);
+    let exit_client = Arc::clone(&client);
+    // Runs on the pool thread when the connection is over, however it ends: the client is
+    // detached and its place released, so no ghost client counts against the limits.
+    let on_exit = Box::new(move |exit: WriterExit| {
+        log::debug!(
+            "client {} ({}) ended: {exit:?}",
+            exit_client.id,
+            exit_client.remote
+        );
+        exit_session.detach(exit_client.id);
+        exit_ctx.registry.untrack_writer(exit_client.id);
+        exit_ctx.reaper.remove_websocket(exit_client.remote);
+        drop(ticket);
+    });
+    let waker = ctx.writers.add(writer, on_exit);
     ctx.registry
-        .track_writer(Arc::clone(&client), writer_thread.clone());
+        .track_writer(Arc::clone(&client), waker.clone());
     if ctx.registry.is_shutting_down() {
         client.request_close(CloseReason::ServerShutdown);
-        writer_thread.unpark();
+        waker.wake();
     }
-    let subscriber = Subscriber::new(producer, Arc::clone(&client), writer_thread.clone());
+    let subscriber = Subscriber::new(producer, Arc::clone(&client), waker.clone());
     if session.send(Command::Subscribe(subscriber)).is_err() {
         client.request_close(CloseReason::TryAgainLater);
-        writer_thread.unpark();
+        waker.wake();
     }
     let reader_client = Arc::clone(&client);
+    let reader_waker = waker.clone();
     let reader_table = Arc::clone(ctx.registry.table());
     let spawned = std::thread::Builder::new()
         .name(format!("ws-r-{}", client.id))
@@ -250,7 +237,7 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
             reader::run(
                 reader_socket,
                 replies_tx,
-                writer_thread,
+                reader_waker,
                 reader_client,
                 reader_table,
                 reader_done,
@@ -259,6 +246,7 @@ fn upgrade(ctx: &Arc<Context>, request: Request, prepared: Prepared) {
     if let Err(e) = spawned {
         log::error!("client {remote}: cannot spawn reader thread: {e}");
         client.request_close(CloseReason::TryAgainLater);
+        waker.wake();
     }
     log::info!(
         "client {} ({remote}) joined session {} ({})",

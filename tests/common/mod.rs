@@ -44,7 +44,7 @@ pub fn table() -> Arc<PacketTable> {
 pub fn test_engine_config() -> EngineConfig {
     EngineConfig {
         realtime: RealtimeMode::Off,
-        spin: Duration::from_micros(20),
+        spin: Some(Duration::from_micros(20)),
         cores: Vec::new(),
         ..EngineConfig::default()
     }

@@ -34,7 +34,7 @@ pub fn table() -> Arc<PacketTable> {
 pub fn engine() -> EngineConfig {
     EngineConfig {
         realtime: RealtimeMode::Off,
-        spin: Duration::ZERO,
+        spin: Some(Duration::ZERO),
         ..EngineConfig::default()
     }
 }

@@ -50,12 +50,12 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
-/// Thread-name groups of the server: `tick-…` timing threads, `ws-w-…` writers, `ws-r-…`
+/// Thread-name groups of the server: `tick-…` timing threads, `ws-writer-…` writers, `ws-r-…`
 /// readers, `http-…` workers, `housekeeping`, everything else.
 pub fn group_of(name: &str) -> &'static str {
     if name.starts_with("tick-") {
         "tick"
-    } else if name.starts_with("ws-w-") {
+    } else if name.starts_with("ws-w-") || name.starts_with("ws-writer-") {
         "ws-writer"
     } else if name.starts_with("ws-r-") {
         "ws-reader"
@@ -165,7 +165,7 @@ mod tests {
         assert!(me.rss_bytes > 0 && me.threads >= 1, "{me:?}");
         let threads = thread_times(std::process::id());
         assert!(!threads.is_empty());
-        assert_eq!(group_of("ws-w-17"), "ws-writer");
+        assert_eq!(group_of("ws-writer-1"), "ws-writer");
         assert_eq!(group_of("tick-swift-neu"), "tick");
         assert_eq!(group_of("phantomlink"), "other");
     }
