@@ -1,6 +1,7 @@
-//! Making a timing thread punctual: core pinning, SCHED_FIFO, timer slack.
+//! Making a timing thread punctual: core pinning, SCHED_FIFO, timer slack (and SCHED_FIFO, one
+//! step lower, for the writer pool's threads).
 //!
-//! Called once at the start of each timing thread, never on the tick path. Refusals (no
+//! Called once at the start of each timing or writer thread, never on the tick path. Refusals (no
 //! permission for SCHED_FIFO, a core that does not exist) are reported, not fatal; the
 //! `--realtime on` check happens once at startup through [`probe_fifo`].
 
@@ -30,6 +31,19 @@ impl fmt::Display for RealtimeMode {
 
 /// SCHED_FIFO priority of timing threads: above normal threads, below kernel watchdogs (99).
 pub const FIFO_PRIORITY: i32 = 50;
+
+/// SCHED_FIFO priority of the writer pool's threads: below timing threads, which must never
+/// wait for a writer, and above normal threads, so a busy machine (a decoder, a build) does
+/// not leave packets waiting in the rings. Writers only run when woken and never spin.
+pub const WRITER_FIFO_PRIORITY: i32 = 40;
+
+/// Makes the calling writer-pool thread SCHED_FIFO at [`WRITER_FIFO_PRIORITY`] unless `mode`
+/// is `Off`, with a 1 µs timer slack so delay-line deadlines end on time. Returns whether it
+/// runs SCHED_FIFO (a refusal was already reported for the timing threads).
+pub fn setup_writer_thread(mode: RealtimeMode) -> bool {
+    set_timer_slack_ns(1_000);
+    mode != RealtimeMode::Off && set_fifo(WRITER_FIFO_PRIORITY).is_ok()
+}
 
 /// What a timing thread got.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -149,8 +149,11 @@ impl Server {
             num_trials: table.trials().len(),
         };
         let reaper = Reaper::new(local_addr.port(), config.http_idle_timeout);
-        let writers =
-            WriterPool::start(config.writer_threads, registry.config().max_clients_total)?;
+        let writers = WriterPool::start(
+            config.writer_threads,
+            registry.config().max_clients_total,
+            registry.config().realtime,
+        )?;
         let ctx = Arc::new(Context {
             registry,
             reaper,

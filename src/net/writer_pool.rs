@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::writer::{Step, Writer, WriterExit};
+use crate::engine::realtime::{self, RealtimeMode};
 use crate::engine::WriterWaker;
 
 /// Longest a pool thread parks with nothing to do (it then checks for shutdown).
@@ -52,8 +53,9 @@ pub struct WriterPool {
 
 impl WriterPool {
     /// Starts `threads` pool threads; each can queue up to `max_clients` ready clients (the
-    /// server's client limit, so a ready queue is never full).
-    pub fn start(threads: usize, max_clients: usize) -> io::Result<Self> {
+    /// server's client limit, so a ready queue is never full). They run SCHED_FIFO just below
+    /// the timing threads unless `realtime` is off.
+    pub fn start(threads: usize, max_clients: usize, realtime: RealtimeMode) -> io::Result<Self> {
         let mut workers = Vec::new();
         for n in 0..threads.max(1) {
             let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
@@ -62,7 +64,11 @@ impl WriterPool {
             let count = Arc::clone(&clients);
             let handle = std::thread::Builder::new()
                 .name(format!("ws-writer-{n}"))
-                .spawn(move || run(&jobs_rx, &ready_rx, &count))?;
+                .spawn(move || {
+                    let fifo = realtime::setup_writer_thread(realtime);
+                    log::debug!("writer thread {n}: SCHED_FIFO {fifo}");
+                    run(&jobs_rx, &ready_rx, &count)
+                })?;
             workers.push(Worker {
                 thread: handle.thread().clone(),
                 jobs: jobs_tx,

@@ -177,9 +177,15 @@ pub fn run(args: &Args) -> Result<Report, String> {
     for w in 0..args.threads {
         let (tx, rx) = crossbeam_channel::unbounded::<Client>();
         let shared = Arc::clone(&shared);
+        let fifo = args.fifo;
         let handle = std::thread::Builder::new()
             .name(format!("lg-worker-{w}"))
-            .spawn(move || worker::run(rx, shared, hard_deadline))
+            .spawn(move || {
+                if let Some(priority) = fifo {
+                    set_fifo(priority);
+                }
+                worker::run(rx, shared, hard_deadline)
+            })
             .map_err(|e| format!("spawning a worker: {e}"))?;
         senders.push(tx);
         workers.push(handle);
@@ -359,4 +365,18 @@ fn delete_sessions(target: &Target, codes: &[String]) -> usize {
         std::thread::sleep(Duration::from_millis(100));
     }
     deleted
+}
+
+/// Runs the calling worker SCHED_FIFO at `priority` (`--fifo`), or says why it could not.
+fn set_fifo(priority: u8) {
+    let param = libc::sched_param {
+        sched_priority: i32::from(priority),
+    };
+    // SAFETY: plain syscall on the calling thread (pid 0) with a valid parameter struct.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        eprintln!(
+            "loadgen: SCHED_FIFO {priority} refused ({}); workers run at normal priority",
+            std::io::Error::last_os_error()
+        );
+    }
 }
