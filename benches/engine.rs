@@ -5,7 +5,9 @@
 //! `tick/*` drives the timing loop as `tests/no_alloc_tick.rs` does, without sockets: rings are
 //! drained between iterations, outside the timed region. In `tick/*` the "writer" is the bench
 //! thread itself, so `unpark` costs an atomic swap; `tick_parked_writers/*` gives every client a
-//! real parked writer thread, so each push also pays the futex wake a server tick pays.
+//! real parked writer thread, so each push also pays a futex wake (the thread-per-client design
+//! the server had first); `tick_pool_writers/*` wakes two pool threads through ready queues, as
+//! the server's writer pool is woken.
 //!
 //! `cargo bench --bench engine`
 
@@ -252,6 +254,105 @@ fn tick_parked_writers(c: &mut Criterion) {
     group.finish();
 }
 
+/// The server's writer pool: two threads that park until unparked, then drain the rings of
+/// the clients on their ready queue. A tick marks every client and wakes each pool thread
+/// once, so its cost no longer grows by a futex wake per client.
+fn tick_pool_writers(c: &mut Criterion) {
+    const POOL: usize = 2;
+    let table = table();
+    let mut group = c.benchmark_group("tick_pool_writers");
+    group
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500))
+        .sample_size(20);
+    for clients in [1usize, 10, 100] {
+        let formats = vec![WireFormat::Json; clients];
+        let slots: Vec<RingSlot> = (0..clients)
+            .map(|_| Arc::new(std::sync::Mutex::new(None)))
+            .collect();
+        let flags: Vec<Arc<AtomicBool>> = (0..clients).map(|_| Arc::default()).collect();
+        let queues: Vec<_> = (0..POOL)
+            .map(|_| crossbeam_channel::bounded::<u64>(clients))
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let popped = Arc::new(AtomicU64::new(0));
+        let handles: Vec<JoinHandle<()>> = (0..POOL)
+            .map(|t| {
+                let mine: Vec<(usize, RingSlot)> = (t..clients)
+                    .step_by(POOL)
+                    .map(|i| (i, Arc::clone(&slots[i])))
+                    .collect();
+                let flags = flags.clone();
+                let ready = queues[t].1.clone();
+                let (stop, popped) = (Arc::clone(&stop), Arc::clone(&popped));
+                std::thread::spawn(move || {
+                    let mut rings: Vec<Option<Ring>> = (0..flags.len()).map(|_| None).collect();
+                    let mut missing = mine.len();
+                    while missing > 0 && !stop.load(Relaxed) {
+                        for (i, slot) in &mine {
+                            if rings[*i].is_none() {
+                                if let Some(ring) = slot.lock().unwrap().take() {
+                                    rings[*i] = Some(ring);
+                                    missing -= 1;
+                                }
+                            }
+                        }
+                        std::thread::park_timeout(Duration::from_millis(1));
+                    }
+                    while !stop.load(Relaxed) {
+                        std::thread::park();
+                        while let Ok(id) = ready.try_recv() {
+                            let id = id as usize;
+                            flags[id].swap(false, std::sync::atomic::Ordering::AcqRel);
+                            if let Some(ring) = rings[id].as_mut() {
+                                while let Ok(frame) = ring.pop() {
+                                    black_box(frame.bytes().len());
+                                    popped.fetch_add(1, Relaxed);
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        let (mut rig, rings) = Rig::new(&table, &formats, |i| {
+            WriterWaker::pooled(
+                handles[i % POOL].thread().clone(),
+                queues[i % POOL].0.clone(),
+                i as u64,
+                Arc::clone(&flags[i]),
+            )
+        });
+        for (slot, ring) in slots.iter().zip(rings) {
+            *slot.lock().unwrap() = ring;
+        }
+        let writers = Writers {
+            handles,
+            stop,
+            popped,
+        };
+        let mut expected = 0u64;
+        for _ in 0..50 {
+            rig.tick();
+            expected += clients as u64;
+            writers.settle(expected);
+        }
+        group.bench_function(BenchmarkId::from_parameter(clients), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += rig.tick();
+                    expected += clients as u64;
+                    writers.settle(expected);
+                }
+                total
+            })
+        });
+        writers.stop();
+    }
+    group.finish();
+}
+
 fn ring(c: &mut Criterion) {
     let mut group = c.benchmark_group("ring");
     group
@@ -326,5 +427,13 @@ fn noise(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, tick, tick_parked_writers, ring, histogram, noise);
+criterion_group!(
+    benches,
+    tick,
+    tick_parked_writers,
+    tick_pool_writers,
+    ring,
+    histogram,
+    noise
+);
 criterion_main!(benches);
