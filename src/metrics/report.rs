@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
-use super::histogram::AtomicHistogram;
+use super::histogram::{cumulative_counts, AtomicHistogram};
 use super::process::ProcessStats;
 use super::window::WINDOWS;
 use super::LatencySummary;
@@ -92,8 +92,8 @@ fn decoder_json(d: &DecoderStats) -> Value {
     let total = d.target_total.load(Relaxed);
     json!({
         "round_trip_ms": summary(&d.round_trip),
-        "velocity_error": LatencySummary::from_counts(&d.velocity_error, &d.velocity_error.counts(), 1e3),
-        "position_error": LatencySummary::from_counts(&d.position_error, &d.position_error.counts(), 1e3),
+        "velocity_error": LatencySummary::from_blocks(&d.velocity_error, 1e3),
+        "position_error": LatencySummary::from_blocks(&d.position_error, 1e3),
         "target_accuracy": (total > 0).then(|| d.target_correct.load(Relaxed) as f64 / total as f64),
         "target_answers": total,
         "messages": d.messages.load(Relaxed),
@@ -190,6 +190,22 @@ const BUCKETS_SECONDS: [f64; 14] = [
     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2,
 ];
 
+/// The last bucket of `hist` (nanoseconds) whose highest value is at most `bound` seconds;
+/// `None` when even the first one reaches above.
+fn last_bucket_within(hist: &AtomicHistogram, bound: f64) -> Option<usize> {
+    let within = |i: usize| hist.bucket_highest(i) as f64 / 1e9 <= bound;
+    let mut index = hist.index_of((bound * 1e9).ceil() as u64);
+    while index + 1 < hist.bucket_len() && within(index + 1) {
+        index += 1;
+    }
+    loop {
+        if within(index) {
+            return Some(index);
+        }
+        index = index.checked_sub(1)?;
+    }
+}
+
 /// Writes Prometheus text: families with HELP and TYPE, then samples.
 struct Exposition {
     out: String,
@@ -218,21 +234,12 @@ impl Exposition {
 
     /// `_bucket`, `_sum` and `_count` of a histogram of nanoseconds. Each bucket counts the
     /// HDR counts whose whole equivalent range lies at or below its bound, so `_count` equals
-    /// the JSON `count` exactly.
+    /// the JSON `count` exactly; `_sum` is the exact sum of the values.
     fn histogram(&mut self, name: &str, labels: &str, hist: &AtomicHistogram) {
-        let counts = hist.counts();
+        let cutoffs = BUCKETS_SECONDS.map(|bound| last_bucket_within(hist, bound));
         let mut cumulative = [0u64; BUCKETS_SECONDS.len()];
-        let (mut total, mut sum) = (0u64, 0.0);
-        for &(index, count) in &counts {
-            total += count;
-            sum += hist.bucket_middle(index as usize) as f64 * count as f64;
-            let seconds = hist.bucket_highest(index as usize) as f64 / 1e9;
-            for (bound, slot) in BUCKETS_SECONDS.iter().zip(cumulative.iter_mut()) {
-                if seconds <= *bound {
-                    *slot += count;
-                }
-            }
-        }
+        let total = cumulative_counts(hist, &cutoffs, &mut cumulative);
+        let sum = hist.sum() as f64;
         for (bound, count) in BUCKETS_SECONDS.iter().zip(cumulative) {
             self.sample(
                 &format!("{name}_bucket"),
@@ -253,7 +260,7 @@ impl Exposition {
 impl Exposition {
     /// A summary with quantiles 0.5, 0.9, 0.99; values divided by `per_unit`.
     fn summary(&mut self, name: &str, labels: &str, hist: &AtomicHistogram, per_unit: f64) {
-        let summary = LatencySummary::from_counts(hist, &hist.counts(), per_unit);
+        let summary = LatencySummary::from_blocks(hist, per_unit);
         for (q, value) in [(0.5, summary.p50), (0.9, summary.p90), (0.99, summary.p99)] {
             self.sample(name, &format!("{labels},quantile=\"{q}\""), value);
         }
