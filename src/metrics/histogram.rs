@@ -295,6 +295,10 @@ pub trait BlockCounts {
     fn buckets(&self, block: usize, out: &mut [u64; BLOCK]);
     /// Exact sum and sum of squares of the values, in the histogram's unit.
     fn sums(&self) -> (u64, f64);
+    /// The lowest and highest buckets in use, when known without opening blocks.
+    fn bounds(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 impl BlockCounts for AtomicHistogram {
@@ -328,6 +332,11 @@ impl BlockCounts for AtomicHistogram {
 
     fn sums(&self) -> (u64, f64) {
         (self.sum(), self.sum_squares())
+    }
+
+    fn bounds(&self) -> Option<(usize, usize)> {
+        let span = self.used_span();
+        (!span.is_empty()).then(|| (span.start, span.end - 1))
     }
 }
 

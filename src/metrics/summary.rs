@@ -84,11 +84,29 @@ impl LatencySummary {
         let (Some(first), Some(last)) = (first, last) else {
             return Self::default(); // every block emptied between the two walks: impossible
         };
-        src.buckets(first, &mut buckets);
-        let min = first * BLOCK + buckets.iter().position(|&n| n > 0).unwrap_or(0);
-        src.buckets(last, &mut buckets);
-        let max = (last * BLOCK + buckets.iter().rposition(|&n| n > 0).unwrap_or(BLOCK - 1))
-            .clamp(min, hist.bucket_len() - 1);
+        let (min, max) = match src.bounds() {
+            // A lifetime histogram tracks them; widened to the blocks read, in case a value
+            // counted there has not updated them yet.
+            Some((low, high)) => (
+                if first < low / BLOCK {
+                    first * BLOCK
+                } else {
+                    low
+                },
+                if last > high / BLOCK {
+                    (last * BLOCK + BLOCK - 1).min(hist.bucket_len() - 1)
+                } else {
+                    high
+                },
+            ),
+            None => {
+                src.buckets(first, &mut buckets);
+                let min = first * BLOCK + buckets.iter().position(|&n| n > 0).unwrap_or(0);
+                src.buckets(last, &mut buckets);
+                let max = last * BLOCK + buckets.iter().rposition(|&n| n > 0).unwrap_or(0);
+                (min, max.clamp(min, hist.bucket_len() - 1))
+            }
+        };
         // Thresholds not reached (counts cannot shrink, so never) or outside [min, max]
         // (values recorded between the reads) are held to the range read.
         let percentile = |i: usize| hist.bucket_highest(i.clamp(min, max)) as f64 / per_unit;

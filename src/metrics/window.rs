@@ -16,6 +16,7 @@
 //! the very instant of a rotation, one still in it) is taken out of (or added to) that read
 //! only: the result is the same as summing the intervals then in the window.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -41,6 +42,8 @@ struct Sparse {
     block_start: usize,
     /// Values per block from `block_start` on (dense: read once per block on every read).
     blocks: Vec<u32>,
+    /// Where each of those blocks' buckets start in `counts`, and `counts.len()` last.
+    offsets: Vec<u32>,
     sum: u64,
     sum_squares: f64,
 }
@@ -51,6 +54,7 @@ impl Sparse {
             counts,
             block_start: 0,
             blocks: Vec::new(),
+            offsets: Vec::new(),
             sum,
             sum_squares,
         };
@@ -58,8 +62,14 @@ impl Sparse {
         {
             sparse.block_start = first as usize / BLOCK;
             sparse.blocks = vec![0; last as usize / BLOCK + 1 - sparse.block_start];
+            sparse.offsets = vec![0; sparse.blocks.len() + 1];
             for &(index, count) in &sparse.counts {
-                sparse.blocks[index as usize / BLOCK - sparse.block_start] += count;
+                let block = index as usize / BLOCK - sparse.block_start;
+                sparse.blocks[block] += count;
+                sparse.offsets[block + 1] += 1;
+            }
+            for i in 1..sparse.offsets.len() {
+                sparse.offsets[i] += sparse.offsets[i - 1];
             }
         }
         sparse
@@ -82,18 +92,27 @@ impl Sparse {
         if self.block(block) == 0 {
             return;
         }
+        let i = block - self.block_start;
         let start = (block * BLOCK) as u32;
-        let from = self.counts.partition_point(|&(i, _)| i < start);
-        for &(index, count) in self.counts[from..]
-            .iter()
-            .take_while(|&&(i, _)| i < start + BLOCK as u32)
-        {
+        let (from, to) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
+        for &(index, count) in &self.counts[from..to] {
             out[(index - start) as usize] += sign * i64::from(count);
         }
     }
 
+    /// Adds `sign` × the block counts to `out`, whose first slot is block `first`.
+    fn add_blocks(&self, first: usize, sign: i64, out: &mut [i64]) {
+        if self.blocks.is_empty() {
+            return;
+        }
+        let offset = self.block_start - first;
+        for (slot, &count) in out[offset..].iter_mut().zip(&self.blocks) {
+            *slot += sign * i64::from(count);
+        }
+    }
+
     fn heap_bytes(&self) -> usize {
-        self.counts.capacity() * 8 + self.blocks.capacity() * 4
+        self.counts.capacity() * 8 + (self.blocks.capacity() + self.offsets.capacity()) * 4
     }
 }
 
@@ -260,6 +279,17 @@ impl Windows {
         per_unit: f64,
     ) -> [LatencySummary; 3] {
         let mut out = [LatencySummary::default(); 3];
+        // The live part's block counts, read once for the three windows.
+        let live_range = hist.block_range();
+        let live: Vec<i64> = live_range
+            .clone()
+            .map(|b| {
+                let seen = self.seen_blocks.get(b).copied().unwrap_or(0);
+                hist.block(b).saturating_sub(seen) as i64
+            })
+            .collect();
+        let mut blocks = Vec::new();
+        let opened = RefCell::new(Vec::new());
         for (summary, (base, (_, span))) in out.iter_mut().zip(self.bases.iter().zip(WINDOWS)) {
             // Intervals whose membership changed since the rotation (usually none): one that
             // aged out is taken away, one read at the rotation's instant added.
@@ -271,9 +301,22 @@ impl Windows {
                     corrections.push((&interval.gained, if in_window { 1 } else { -1 }));
                 }
             }
-            let mut range = union(base.merged.block_range(), hist.block_range());
+            let mut range = union(base.merged.block_range(), live_range.clone());
             for (gained, _) in &corrections {
                 range = union(range, gained.block_range());
+            }
+            // The window's block counts, once: both walks of the summary then read an array.
+            blocks.clear();
+            blocks.resize(range.len(), 0i64);
+            if !live_range.is_empty() {
+                let offset = live_range.start - range.start;
+                for (slot, &n) in blocks[offset..].iter_mut().zip(&live) {
+                    *slot += n;
+                }
+            }
+            base.merged.add_blocks(range.start, 1, &mut blocks);
+            for (gained, sign) in &corrections {
+                gained.add_blocks(range.start, *sign, &mut blocks);
             }
             let window = WindowCounts {
                 hist,
@@ -281,6 +324,8 @@ impl Windows {
                 base: &base.merged,
                 corrections,
                 range,
+                blocks: &blocks,
+                opened: &opened,
             };
             *summary = LatencySummary::from_blocks(&window, per_unit);
         }
@@ -320,6 +365,11 @@ struct WindowCounts<'a> {
     base: &'a Sparse,
     corrections: Vec<(&'a Sparse, i64)>,
     range: Range<usize>,
+    /// Values per block of `range`.
+    blocks: &'a [i64],
+    /// Live bucket counts of the blocks opened so far, shared by the three windows (their
+    /// percentiles often fall in the same blocks).
+    opened: &'a RefCell<Vec<(usize, [i64; BLOCK])>>,
 }
 
 impl BlockCounts for WindowCounts<'_> {
@@ -333,13 +383,7 @@ impl BlockCounts for WindowCounts<'_> {
 
     #[inline]
     fn block(&self, block: usize) -> u64 {
-        let seen = self.windows.seen_blocks.get(block).copied().unwrap_or(0);
-        let live = self.hist.block(block).saturating_sub(seen);
-        let mut count = (self.base.block(block) + live) as i64;
-        for (gained, sign) in &self.corrections {
-            count += sign * gained.block(block) as i64;
-        }
-        count.max(0) as u64
+        self.blocks[block - self.range.start].max(0) as u64
     }
 
     fn buckets(&self, block: usize, out: &mut [u64; BLOCK]) {
@@ -348,12 +392,24 @@ impl BlockCounts for WindowCounts<'_> {
         for (gained, sign) in &self.corrections {
             gained.add_buckets(block, *sign, &mut counts);
         }
-        let start = block * BLOCK;
-        let end = (start + BLOCK).min(self.hist.bucket_len());
-        let seen = &self.windows.seen;
-        for (slot, index) in counts.iter_mut().zip(start..end) {
-            let before = seen.get(index).copied().unwrap_or(0);
-            *slot += i64::from(self.hist.bucket_count(index).wrapping_sub(before));
+        let mut opened = self.opened.borrow_mut();
+        let live = match opened.iter().find(|(b, _)| *b == block) {
+            Some((_, live)) => live,
+            None => {
+                let mut live = [0i64; BLOCK];
+                let start = block * BLOCK;
+                let end = (start + BLOCK).min(self.hist.bucket_len());
+                let seen = &self.windows.seen;
+                for (slot, index) in live.iter_mut().zip(start..end) {
+                    let before = seen.get(index).copied().unwrap_or(0);
+                    *slot = i64::from(self.hist.bucket_count(index).wrapping_sub(before));
+                }
+                opened.push((block, live));
+                &opened[opened.len() - 1].1
+            }
+        };
+        for (slot, n) in counts.iter_mut().zip(live) {
+            *slot += n;
         }
         for (o, c) in out.iter_mut().zip(counts) {
             *o = c.max(0) as u64;
