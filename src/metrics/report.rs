@@ -1,7 +1,9 @@
 //! `/metrics` as JSON (the reference schema, extended) and as Prometheus text.
 //!
-//! Readers only: snapshots of atomic counters and histograms, taken under the session state
-//! lock (which no timing thread or streaming writer ever takes), then formatted.
+//! Readers only: snapshots of atomic counters and histogram summaries, taken under the session
+//! state lock (which no timing thread or streaming writer ever takes), then written straight
+//! into the response's bytes — typed structs through serde for the JSON, string pushes for
+//! the Prometheus text — since with a thousand clients either is close to a megabyte or more.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
