@@ -396,6 +396,14 @@ fn histogram(c: &mut Criterion) {
             black_box(phantomlink::metrics::LatencySummary::from_nanos(&snapshot))
         })
     });
+    // What /metrics does now: the summary straight from the block counts.
+    group.bench_function("summary_latency", |b| {
+        b.iter(|| {
+            black_box(phantomlink::metrics::LatencySummary::of(black_box(
+                &latency,
+            )))
+        })
+    });
     group.finish();
 }
 

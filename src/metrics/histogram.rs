@@ -1,12 +1,17 @@
-//! Lock-free HDR histograms: recorded with one relaxed atomic add, read at any time.
+//! Lock-free HDR histograms: recorded with a few relaxed atomic operations, read at any time.
 //!
 //! The bucket layout is HdrHistogram's (same index math as the `hdrhistogram` crate), but the
 //! counts are atomics, so a timing thread or writer records without a lock, without
-//! allocating and without ever waiting for a reader; readers take a snapshot into an ordinary
+//! allocating and without ever waiting for a reader. Besides the bucket counts a histogram
+//! keeps a second level, one count per [`BLOCK`] consecutive buckets, and the exact running
+//! sum and sum of squares of the values: a reader ([`BlockCounts`], the summaries) finds
+//! percentiles by walking the block counts and opening only the few blocks where a percentile
+//! lands, instead of every bucket. Readers may also take a snapshot into an ordinary
 //! `hdrhistogram::Histogram` with the same configuration, where every count lands in exactly
-//! the bucket it was recorded in. A snapshot taken while values are being recorded may miss
-//! the values of that instant; it never invents or loses any afterwards.
+//! the bucket it was recorded in. A read made while values are being recorded may miss the
+//! values of that instant; it never invents or loses any afterwards.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use hdrhistogram::Histogram;
@@ -26,7 +31,8 @@ pub struct HistConfig {
 }
 
 /// Tick lateness: 1 ns resolution, 3 significant digits, up to 2^30 ns (1.07 s); later ticks
-/// also re-anchor the schedule and are counted in `schedule_resets`. 90 KiB of counts.
+/// also re-anchor the schedule and are counted in `schedule_resets`. 88 KiB of bucket counts
+/// and 5.5 KiB of block counts.
 pub const LATENESS: HistConfig = HistConfig {
     lowest: 1,
     highest: 1 << 30,
@@ -34,19 +40,29 @@ pub const LATENESS: HistConfig = HistConfig {
 };
 
 /// Network latency and ring wait: 1 µs resolution, 2 significant digits (1 %), up to 60 s.
-/// 10.5 KiB of counts, so every client can afford its own.
+/// 10.5 KiB of bucket counts and 0.7 KiB of block counts, so every client can afford its own.
 pub const LATENCY: HistConfig = HistConfig {
     lowest: 1_000,
     highest: 60_000_000_000,
     digits: 2,
 };
 
+/// Buckets per block of the second level of counts. 32 keeps a block's buckets in two cache
+/// lines and the block counts at 1/16 of the bucket counts' memory (u64 against 32 × u32).
+pub const BLOCK: usize = 32;
+
 /// An HDR histogram with atomic counts.
 #[derive(Debug)]
 pub struct AtomicHistogram {
     config: HistConfig,
     counts: Box<[AtomicU32]>,
-    total: AtomicU64,
+    /// Values per block of [`BLOCK`] buckets; u64 because a block gathers far more values
+    /// than one bucket.
+    blocks: Box<[AtomicU64]>,
+    /// Exact sum of the values recorded (after clamping to the range), in the histogram's unit.
+    sum: AtomicU64,
+    /// Sum of their squares, an `f64` kept as its bits (squares of nanoseconds overflow u64).
+    sum_squares: AtomicU64,
     /// Lowest and highest bucket ever used, so readers scan only that span.
     min_index: AtomicU32,
     max_index: AtomicU32,
@@ -82,7 +98,11 @@ impl AtomicHistogram {
         Self {
             config,
             counts: (0..len).map(|_| AtomicU32::new(0)).collect(),
-            total: AtomicU64::new(0),
+            blocks: (0..len.div_ceil(BLOCK))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            sum: AtomicU64::new(0),
+            sum_squares: AtomicU64::new(0f64.to_bits()),
             min_index: AtomicU32::new(u32::MAX),
             max_index: AtomicU32::new(0),
             unit_magnitude,
@@ -93,12 +113,24 @@ impl AtomicHistogram {
         }
     }
 
-    /// Counts one value (nanoseconds). Wait-free: two relaxed atomic adds, no allocation.
+    /// Counts one value (nanoseconds). No lock, no allocation: relaxed atomic adds, plus a
+    /// compare-and-swap for the sum of squares, which retries only when another thread
+    /// records into the same histogram at the same instant (one writer per histogram, except
+    /// a session's latency histogram, shared by its clients' writers).
     #[inline]
     pub fn record(&self, nanos: u64) {
-        let index = self.index_for(nanos.min(self.config.highest));
+        let value = nanos.min(self.config.highest);
+        let index = self.index_for(value);
+        // The bucket before its block: a reader that sees a block's count then reads its
+        // buckets finds at least as many there (on x86; readers cope when it does not).
         self.counts[index].fetch_add(1, Relaxed);
-        self.total.fetch_add(1, Relaxed);
+        self.blocks[index / BLOCK].fetch_add(1, Relaxed);
+        // Wraps after 1.8e19 ns (584 years of summed latencies): never in practice.
+        self.sum.fetch_add(value, Relaxed);
+        let square = (value as f64) * (value as f64);
+        let _ = self.sum_squares.fetch_update(Relaxed, Relaxed, |bits| {
+            Some((f64::from_bits(bits) + square).to_bits())
+        });
         // A plain load first: the read-modify-writes only happen when the span widens.
         let i = index as u32;
         if i > self.max_index.load(Relaxed) {
@@ -129,14 +161,46 @@ impl AtomicHistogram {
         sub_bucket << (bucket as u32 + self.unit_magnitude)
     }
 
-    /// Values recorded so far.
+    /// Values recorded so far (a walk of the block counts: no total is kept, one atomic add
+    /// less per value).
     pub fn len(&self) -> u64 {
-        self.total.load(Relaxed)
+        self.blocks.iter().map(|b| b.load(Relaxed)).sum()
     }
 
-    /// Whether nothing was recorded.
+    /// Whether nothing was recorded (the lowest bucket used is still unset).
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.min_index.load(Relaxed) == u32::MAX
+    }
+
+    /// Exact sum of the values recorded (each clamped to the range), in the histogram's unit.
+    pub fn sum(&self) -> u64 {
+        self.sum.load(Relaxed)
+    }
+
+    /// Sum of the squares of the values recorded (each clamped to the range).
+    pub fn sum_squares(&self) -> f64 {
+        f64::from_bits(self.sum_squares.load(Relaxed))
+    }
+
+    /// Number of buckets.
+    pub fn bucket_len(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Number of blocks of [`BLOCK`] buckets.
+    pub fn block_len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Values recorded in bucket `index` (wraps at 2^32, as the bucket counts do).
+    pub fn bucket_count(&self, index: usize) -> u32 {
+        self.counts[index].load(Relaxed)
+    }
+
+    /// The index of the bucket `value` falls in (clamped to the range), as [`Self::record`]
+    /// computes it.
+    pub fn index_of(&self, value: u64) -> usize {
+        self.index_for(value.min(self.config.highest))
     }
 
     /// The configuration.
@@ -182,18 +246,6 @@ impl AtomicHistogram {
         }
     }
 
-    /// Calls `f(index, increase)` for every bucket above `seen` (counts as of an earlier
-    /// [`Self::changes_since`]), without updating it.
-    pub fn changes_from(&self, seen: &[u32], mut f: impl FnMut(usize, u32)) {
-        for (index, count) in self.counts.iter().enumerate() {
-            let now = count.load(Relaxed);
-            let before = seen.get(index).copied().unwrap_or(0);
-            if now != before {
-                f(index, now.wrapping_sub(before));
-            }
-        }
-    }
-
     /// The lowest value of the bucket at `index` (for interpreting [`Self::changes_since`]).
     pub fn bucket_value(&self, index: usize) -> u64 {
         self.value_from_index(index)
@@ -206,29 +258,9 @@ impl AtomicHistogram {
         lowest + (1u64 << (bucket as u32 + self.unit_magnitude)) - 1
     }
 
-    /// The middle of the bucket at `index` (what a mean counts a value as, as hdrhistogram does).
-    pub fn bucket_middle(&self, index: usize) -> u64 {
-        let lowest = self.value_from_index(index);
-        lowest + (self.bucket_highest(index) - lowest).div_ceil(2)
-    }
-
-    /// Non-empty buckets as `(index, count)`, ascending: a snapshot that costs one pass of
-    /// loads and a vector the size of the distinct values, not the histogram.
-    pub fn counts(&self) -> Vec<(u32, u64)> {
-        let span = self.used_span();
-        let mut out = Vec::new();
-        for (index, count) in self.counts[span.clone()].iter().enumerate() {
-            let count = count.load(Relaxed);
-            if count > 0 {
-                out.push(((span.start + index) as u32, u64::from(count)));
-            }
-        }
-        out
-    }
-
     /// Indices that may hold counts. A value being recorded right now may land just outside
     /// and be read on the next snapshot, as with any value recorded after a snapshot.
-    fn used_span(&self) -> std::ops::Range<usize> {
+    pub fn used_span(&self) -> Range<usize> {
         let low = self.min_index.load(Relaxed) as usize;
         let high = self.max_index.load(Relaxed) as usize;
         if low > high {
@@ -241,7 +273,111 @@ impl AtomicHistogram {
     /// Bytes of heap the counts occupy.
     pub fn heap_bytes(&self) -> usize {
         self.counts.len() * std::mem::size_of::<AtomicU32>()
+            + self.blocks.len() * std::mem::size_of::<AtomicU64>()
     }
+}
+
+/// Counts of one distribution in an [`AtomicHistogram`]'s layout, readable block by block:
+/// a lifetime histogram itself, or a window of one (see [`super::window`]). What the
+/// summaries and the Prometheus buckets are computed from, without visiting every bucket.
+///
+/// Counts read twice may have grown in between (values being recorded), never shrunk, so a
+/// reader that totals the blocks first always reaches that total on a second walk.
+pub trait BlockCounts {
+    /// The histogram whose layout (bucket values, blocks) the counts use.
+    fn layout(&self) -> &AtomicHistogram;
+    /// The blocks that may hold counts; the others hold none.
+    fn block_range(&self) -> Range<usize>;
+    /// Values in block `block`.
+    fn block(&self, block: usize) -> u64;
+    /// The counts of the buckets of block `block`, in order (slots past the histogram's last
+    /// bucket are 0).
+    fn buckets(&self, block: usize, out: &mut [u64; BLOCK]);
+    /// Exact sum and sum of squares of the values, in the histogram's unit.
+    fn sums(&self) -> (u64, f64);
+    /// The lowest and highest buckets in use, when known without opening blocks.
+    fn bounds(&self) -> Option<(usize, usize)> {
+        None
+    }
+}
+
+impl BlockCounts for AtomicHistogram {
+    fn layout(&self) -> &AtomicHistogram {
+        self
+    }
+
+    fn block_range(&self) -> Range<usize> {
+        let span = self.used_span();
+        if span.is_empty() {
+            0..0
+        } else {
+            span.start / BLOCK..(span.end - 1) / BLOCK + 1
+        }
+    }
+
+    #[inline]
+    fn block(&self, block: usize) -> u64 {
+        self.blocks[block].load(Relaxed)
+    }
+
+    #[inline]
+    fn buckets(&self, block: usize, out: &mut [u64; BLOCK]) {
+        let start = block * BLOCK;
+        let end = (start + BLOCK).min(self.counts.len());
+        *out = [0; BLOCK];
+        for (slot, count) in out.iter_mut().zip(&self.counts[start..end]) {
+            *slot = u64::from(count.load(Relaxed));
+        }
+    }
+
+    fn sums(&self) -> (u64, f64) {
+        (self.sum(), self.sum_squares())
+    }
+
+    fn bounds(&self) -> Option<(usize, usize)> {
+        let span = self.used_span();
+        (!span.is_empty()).then(|| (span.start, span.end - 1))
+    }
+}
+
+/// Cumulative counts of `src` at `cutoffs` (ascending bucket indices, each inclusive; `None`:
+/// below every bucket) into `out`, and the total. Walks the blocks once and opens only the
+/// blocks a cutoff falls in. The results never decrease along `cutoffs` and never exceed the
+/// total, also while values are being recorded.
+pub fn cumulative_counts(
+    src: &impl BlockCounts,
+    cutoffs: &[Option<usize>],
+    out: &mut [u64],
+) -> u64 {
+    let mut next = 0;
+    let mut cumulative = 0u64;
+    let mut buckets = [0u64; BLOCK];
+    for block in src.block_range() {
+        let count = src.block(block);
+        let end = (block + 1) * BLOCK;
+        let mut opened = false;
+        while next < cutoffs.len() && cutoffs[next].is_none_or(|c| c < end) {
+            out[next] = match cutoffs[next] {
+                Some(cutoff) if count > 0 && cutoff >= block * BLOCK => {
+                    if !opened {
+                        src.buckets(block, &mut buckets);
+                        opened = true;
+                    }
+                    let inside: u64 = buckets[..=cutoff - block * BLOCK].iter().sum();
+                    // Buckets read after their block may hold a few more values: stay within
+                    // the block's count so the buckets keep adding up.
+                    cumulative + inside.min(count)
+                }
+                _ => cumulative,
+            };
+            next += 1;
+        }
+        cumulative += count;
+    }
+    for slot in &mut out[next..cutoffs.len()] {
+        *slot = cumulative;
+    }
+    cumulative
 }
 
 #[cfg(test)]
@@ -303,7 +439,48 @@ mod tests {
 
     #[test]
     fn sizes_are_as_documented() {
-        assert_eq!(AtomicHistogram::new(LATENESS).heap_bytes(), 22 * 1024 * 4);
-        assert!(AtomicHistogram::new(LATENCY).heap_bytes() < 11 * 1024);
+        assert_eq!(
+            AtomicHistogram::new(LATENESS).heap_bytes(),
+            22 * 1024 * 4 + 22 * 1024 / BLOCK * 8
+        );
+        assert!(AtomicHistogram::new(LATENCY).heap_bytes() < 11 * 1024 + 512);
+    }
+
+    #[test]
+    fn blocks_sums_and_cumulative_counts_agree_with_the_buckets() {
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(3);
+        for config in [LATENESS, LATENCY] {
+            let h = AtomicHistogram::new(config);
+            let (mut sum, mut sum_squares) = (0u64, 0f64);
+            for _ in 0..5_000 {
+                let magnitude = rng.gen_range(0..36);
+                let v = rng.gen_range(0..=1u64 << magnitude);
+                h.record(v);
+                let clamped = v.min(config.highest);
+                sum += clamped;
+                sum_squares += (clamped as f64).powi(2);
+            }
+            assert_eq!(h.sum(), sum);
+            assert!((h.sum_squares() - sum_squares).abs() <= 1e-12 * sum_squares);
+            let mut buckets = [0u64; BLOCK];
+            for block in 0..h.block_len() {
+                h.buckets(block, &mut buckets);
+                assert_eq!(h.block(block), buckets.iter().sum::<u64>(), "block {block}");
+            }
+            // Cumulative counts at random cutoffs against a sum over every bucket.
+            let mut cutoffs: Vec<Option<usize>> = (0..20)
+                .map(|_| Some(rng.gen_range(0..h.bucket_len())))
+                .chain([None, Some(0), Some(h.bucket_len() - 1)])
+                .collect();
+            cutoffs.sort();
+            let mut out = vec![0; cutoffs.len()];
+            let total = cumulative_counts(&h, &cutoffs, &mut out);
+            assert_eq!(total, 5_000);
+            for (cutoff, got) in cutoffs.iter().zip(&out) {
+                let expected: u64 =
+                    cutoff.map_or(0, |c| (0..=c).map(|i| u64::from(h.bucket_count(i))).sum());
+                assert_eq!(*got, expected, "cutoff {cutoff:?}");
+            }
+        }
     }
 }

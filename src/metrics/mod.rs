@@ -1,8 +1,9 @@
 //! Metrics: what the server measures about itself, recorded without locks.
 //!
-//! Owns the lock-free HDR histograms ([`histogram`]) that timing threads and client writers
-//! record into and `/metrics` reads at any time, their sliding windows ([`window`]), the
-//! summaries (mean, std, exact percentiles) and the JSON and Prometheus reports.
+//! Owns the lock-free HDR histograms ([`histogram`]: bucket and block counts, exact running
+//! sums) that timing threads and client writers record into and `/metrics` reads at any time,
+//! their sliding windows ([`window`], merged at each rotation), the summaries (exact mean and
+//! std, exact percentiles, read from the block counts) and the JSON and Prometheus reports.
 //! Must never: make a recording thread wait for a reader, or allocate on the recording side.
 
 pub mod histogram;

@@ -1,21 +1,26 @@
 //! `/metrics` as JSON (the reference schema, extended) and as Prometheus text.
 //!
-//! Readers only: snapshots of atomic counters and histograms, taken under the session state
-//! lock (which no timing thread or streaming writer ever takes), then formatted.
+//! Readers only: snapshots of atomic counters and histogram summaries, taken under the session
+//! state lock (which no timing thread or streaming writer ever takes), then written straight
+//! into the response's bytes — typed structs through serde for the JSON, string pushes for
+//! the Prometheus text — since with a thousand clients either is close to a megabyte or more.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Map, Value};
+use std::net::SocketAddr;
 
-use super::histogram::AtomicHistogram;
+use serde::Serialize;
+
+use super::histogram::{cumulative_counts, AtomicHistogram, HistConfig};
 use super::process::ProcessStats;
 use super::window::WINDOWS;
 use super::LatencySummary;
+use crate::codec::WireFormat;
 use crate::engine::feedback::DecoderStats;
-use crate::engine::{ClientShared, Registry, Session, SessionState};
+use crate::engine::{ClientShared, NoiseConfig, Registry, Session, SessionState};
 
 fn unix(time: SystemTime) -> f64 {
     time.duration_since(UNIX_EPOCH)
@@ -27,41 +32,96 @@ fn summary(hist: &AtomicHistogram) -> LatencySummary {
     LatencySummary::of(hist)
 }
 
-/// The JSON document of `GET /metrics`, for every session or only `only`.
-pub fn json(registry: &Registry, only: Option<&str>) -> Value {
+/// The JSON document of `GET /metrics`, for every session or only `only`, serialised: the
+/// bytes the HTTP handler sends. Typed structs written straight into the buffer (no value
+/// tree); each session's figures are read under its state lock, then serialised without it.
+pub fn json(registry: &Registry, only: Option<&str>) -> Vec<u8> {
     let sessions = registry.sessions();
-    let mut per_session = Map::new();
     // Server-wide, like total_sessions and total_connections, also when narrowed by `only`.
     let active = sessions.iter().filter(|s| s.client_count() > 0).count();
     let now = Instant::now();
-    for session in sessions
+    let wall = SystemTime::now();
+    let mut per_session: Vec<(&str, SessionJson)> = sessions
         .iter()
         .filter(|s| only.is_none_or(|c| c == s.code()))
-    {
-        let state = session.state();
-        per_session.insert(
-            session.code().to_string(),
-            session_json(session, &state, now),
-        );
-    }
-    json!({
-        "timestamp": unix(SystemTime::now()),
-        "service": "PhantomLink",
-        "version": env!("CARGO_PKG_VERSION"),
-        "metrics": {
-            "total_sessions": sessions.len(),
-            "active_sessions": active,
-            "total_connections": registry.live_clients(),
-            "connections_opened": registry.connections_opened(),
-            "uptime_seconds": registry.uptime().as_secs_f64(),
-            "dataset_bytes": registry.table().heap_bytes(),
-            "sessions": per_session,
+        .map(|session| {
+            let state = session.state();
+            (session.code(), session_json(session, &state, now, wall))
+        })
+        .collect();
+    // Sorted by code, as the document always was.
+    per_session.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let clients: usize = per_session.iter().map(|(_, s)| s.clients.len()).sum();
+    let document = Document {
+        timestamp: unix(SystemTime::now()),
+        service: "PhantomLink",
+        version: env!("CARGO_PKG_VERSION"),
+        metrics: ServerJson {
+            total_sessions: sessions.len(),
+            active_sessions: active,
+            total_connections: registry.live_clients(),
+            connections_opened: registry.connections_opened(),
+            uptime_seconds: registry.uptime().as_secs_f64(),
+            dataset_bytes: registry.table().heap_bytes(),
+            sessions: SessionMap(&per_session),
         },
-        "process": ProcessStats::read(),
-    })
+        process: ProcessStats::read(),
+    };
+    // About 1 KiB per client and 4 KiB per session: one allocation, no regrowth.
+    let mut out = Vec::with_capacity(2048 + per_session.len() * 4096 + clients * 1024);
+    serde_json::to_writer(&mut out, &document).expect("numbers and strings always serialise");
+    out
 }
 
-fn client_json(client: &ClientShared, now: SystemTime) -> Value {
+#[derive(Serialize)]
+struct Document<'a> {
+    timestamp: f64,
+    service: &'static str,
+    version: &'static str,
+    metrics: ServerJson<'a>,
+    process: ProcessStats,
+}
+
+#[derive(Serialize)]
+struct ServerJson<'a> {
+    total_sessions: usize,
+    active_sessions: usize,
+    total_connections: usize,
+    connections_opened: u64,
+    uptime_seconds: f64,
+    dataset_bytes: usize,
+    sessions: SessionMap<'a>,
+}
+
+/// Sessions as a JSON object keyed by code.
+struct SessionMap<'a>(&'a [(&'a str, SessionJson<'a>)]);
+
+impl Serialize for SessionMap<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(code, session)| (code, session)))
+    }
+}
+
+#[derive(Serialize)]
+struct ClientJson {
+    id: u64,
+    remote: SocketAddr,
+    format: WireFormat,
+    connected_at: f64,
+    packets_sent: u64,
+    dropped_packets: u64,
+    bytes_sent: u64,
+    bandwidth_bps: f64,
+    network_latency_ms: LatencySummary,
+    ring_wait_ms: LatencySummary,
+    ring_high_water: usize,
+    ring_capacity: usize,
+    messages_received: u64,
+    memory_bytes: usize,
+    decoder: Option<DecoderJson>,
+}
+
+fn client_json(client: &ClientShared, now: SystemTime) -> ClientJson {
     let counters = &client.counters;
     let bytes = counters.bytes_sent.load(Relaxed);
     let connected = now
@@ -69,39 +129,53 @@ fn client_json(client: &ClientShared, now: SystemTime) -> Value {
         .unwrap_or_default()
         .as_secs_f64()
         .max(1e-3);
-    json!({
-        "id": client.id,
-        "remote": client.remote.to_string(),
-        "format": client.format,
-        "connected_at": unix(client.connected_at),
-        "packets_sent": counters.packets_sent.load(Relaxed),
-        "dropped_packets": counters.dropped_packets.load(Relaxed),
-        "bytes_sent": bytes,
-        "bandwidth_bps": bytes as f64 * 8.0 / connected,
-        "network_latency_ms": summary(&client.latency),
-        "ring_wait_ms": summary(&client.ring_wait),
-        "ring_high_water": counters.ring_high_water.load(Relaxed),
-        "ring_capacity": client.ring_capacity,
-        "messages_received": counters.messages_received.load(Relaxed),
-        "memory_bytes": client.heap_bytes(),
-        "decoder": client.decoder.get().map(|d| decoder_json(d)),
-    })
+    ClientJson {
+        id: client.id,
+        remote: client.remote,
+        format: client.format,
+        connected_at: unix(client.connected_at),
+        packets_sent: counters.packets_sent.load(Relaxed),
+        dropped_packets: counters.dropped_packets.load(Relaxed),
+        bytes_sent: bytes,
+        bandwidth_bps: bytes as f64 * 8.0 / connected,
+        network_latency_ms: summary(&client.latency),
+        ring_wait_ms: summary(&client.ring_wait),
+        ring_high_water: counters.ring_high_water.load(Relaxed),
+        ring_capacity: client.ring_capacity,
+        messages_received: counters.messages_received.load(Relaxed),
+        memory_bytes: client.heap_bytes(),
+        decoder: client.decoder.get().map(|d| decoder_json(d)),
+    }
 }
 
-fn decoder_json(d: &DecoderStats) -> Value {
+#[derive(Serialize)]
+struct DecoderJson {
+    round_trip_ms: LatencySummary,
+    velocity_error: LatencySummary,
+    position_error: LatencySummary,
+    target_accuracy: Option<f64>,
+    target_answers: u64,
+    messages: u64,
+    matched: u64,
+    late: u64,
+    unknown: u64,
+    malformed: u64,
+}
+
+fn decoder_json(d: &DecoderStats) -> DecoderJson {
     let total = d.target_total.load(Relaxed);
-    json!({
-        "round_trip_ms": summary(&d.round_trip),
-        "velocity_error": LatencySummary::from_counts(&d.velocity_error, &d.velocity_error.counts(), 1e3),
-        "position_error": LatencySummary::from_counts(&d.position_error, &d.position_error.counts(), 1e3),
-        "target_accuracy": (total > 0).then(|| d.target_correct.load(Relaxed) as f64 / total as f64),
-        "target_answers": total,
-        "messages": d.messages.load(Relaxed),
-        "matched": d.matched.load(Relaxed),
-        "late": d.late.load(Relaxed),
-        "unknown": d.unknown.load(Relaxed),
-        "malformed": d.malformed.load(Relaxed),
-    })
+    DecoderJson {
+        round_trip_ms: summary(&d.round_trip),
+        velocity_error: LatencySummary::from_blocks(&d.velocity_error, 1e3),
+        position_error: LatencySummary::from_blocks(&d.position_error, 1e3),
+        target_accuracy: (total > 0).then(|| d.target_correct.load(Relaxed) as f64 / total as f64),
+        target_answers: total,
+        messages: d.messages.load(Relaxed),
+        matched: d.matched.load(Relaxed),
+        late: d.late.load(Relaxed),
+        unknown: d.unknown.load(Relaxed),
+        malformed: d.malformed.load(Relaxed),
+    }
 }
 
 /// Session totals: departed clients plus the live ones.
@@ -121,67 +195,124 @@ fn totals(state: &SessionState) -> Totals {
     }
 }
 
-fn session_json(session: &Session, state: &SessionState, now: Instant) -> Value {
+#[derive(Serialize)]
+struct SessionJson<'a> {
+    packets_sent: u64,
+    dropped_packets: u64,
+    network_latency_ms: LatencySummary,
+    timing_error_ms: LatencySummary,
+    memory_usage_mb: f64,
+    memory_bytes: usize,
+    is_running: bool,
+    is_paused: bool,
+    connections: usize,
+    connections_closed: u64,
+    clients_stalled: u64,
+    clients_protocol_error: u64,
+    clients_message_too_big: u64,
+    bytes_sent: u64,
+    bandwidth_bps: f64,
+    packets_generated: u64,
+    sequence_number: u64,
+    noise: NoiseConfig,
+    frame_pool_misses: u64,
+    schedule_resets: u64,
+    timing_thread: TimingThreadJson,
+    windows: WindowsJson,
+    clients: Vec<ClientJson>,
+    lsl: Option<LslJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct TimingThreadJson {
+    core: i64,
+    sched_fifo: bool,
+}
+
+/// The windows of [`WINDOWS`], by name.
+struct WindowsJson([WindowJson; 3]);
+
+#[derive(Serialize)]
+struct WindowJson {
+    timing_error_ms: LatencySummary,
+    network_latency_ms: LatencySummary,
+}
+
+impl Serialize for WindowsJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(WINDOWS.iter().map(|(name, _)| name).zip(&self.0))
+    }
+}
+
+fn session_json<'a>(
+    session: &'a Session,
+    state: &SessionState,
+    now: Instant,
+    wall: SystemTime,
+) -> SessionJson<'a> {
     let status = session.status();
-    let wall = SystemTime::now();
-    let clients: Vec<Value> = state.clients.iter().map(|c| client_json(c, wall)).collect();
     let totals = totals(state);
     let memory = session.heap_bytes(state);
     let age = session.age().as_secs_f64().max(1e-3);
     let lateness = state.lateness_windows.summaries(&status.lateness, now, 1e6);
     let latency = state.latency_windows.summaries(&status.latency, now, 1e6);
-    let mut windows = Map::new();
-    for (i, (name, _)) in WINDOWS.iter().enumerate() {
-        windows.insert(
-            name.to_string(),
-            json!({ "timing_error_ms": lateness[i], "network_latency_ms": latency[i] }),
-        );
-    }
-    json!({
-        "packets_sent": totals.packets_sent,
-        "dropped_packets": totals.dropped,
-        "network_latency_ms": summary(&status.latency),
-        "timing_error_ms": summary(&status.lateness),
-        "memory_usage_mb": memory as f64 / (1024.0 * 1024.0),
-        "memory_bytes": memory,
-        "is_running": status.running.load(Relaxed) && status.started.load(Relaxed),
-        "is_paused": status.paused.load(Relaxed),
-        "connections": state.clients.len(),
-        "connections_closed": state.departed.clients,
-        "clients_stalled": status.clients_stalled.load(Relaxed),
-        "clients_protocol_error": status.clients_protocol_error.load(Relaxed),
-        "clients_message_too_big": status.clients_message_too_big.load(Relaxed),
-        "bytes_sent": totals.bytes,
-        "bandwidth_bps": totals.bytes as f64 * 8.0 / age,
-        "packets_generated": status.packets_generated.load(Relaxed),
-        "sequence_number": status.sequence.load(Relaxed),
-        "noise": state.noise,
-        "frame_pool_misses": status.frame_pool_misses.load(Relaxed),
-        "schedule_resets": status.schedule_resets.load(Relaxed),
-        "timing_thread": {
-            "core": status.core.load(Relaxed),
-            "sched_fifo": status.fifo.load(Relaxed),
+    let windows = WindowsJson(std::array::from_fn(|i| WindowJson {
+        timing_error_ms: lateness[i],
+        network_latency_ms: latency[i],
+    }));
+    SessionJson {
+        packets_sent: totals.packets_sent,
+        dropped_packets: totals.dropped,
+        network_latency_ms: summary(&status.latency),
+        timing_error_ms: summary(&status.lateness),
+        memory_usage_mb: memory as f64 / (1024.0 * 1024.0),
+        memory_bytes: memory,
+        is_running: status.running.load(Relaxed) && status.started.load(Relaxed),
+        is_paused: status.paused.load(Relaxed),
+        connections: state.clients.len(),
+        connections_closed: state.departed.clients,
+        clients_stalled: status.clients_stalled.load(Relaxed),
+        clients_protocol_error: status.clients_protocol_error.load(Relaxed),
+        clients_message_too_big: status.clients_message_too_big.load(Relaxed),
+        bytes_sent: totals.bytes,
+        bandwidth_bps: totals.bytes as f64 * 8.0 / age,
+        packets_generated: status.packets_generated.load(Relaxed),
+        sequence_number: status.sequence.load(Relaxed),
+        noise: state.noise,
+        frame_pool_misses: status.frame_pool_misses.load(Relaxed),
+        schedule_resets: status.schedule_resets.load(Relaxed),
+        timing_thread: TimingThreadJson {
+            core: status.core.load(Relaxed),
+            sched_fifo: status.fifo.load(Relaxed),
         },
-        "windows": windows,
-        "clients": clients,
-        "lsl": lsl_json(session),
-    })
+        windows,
+        clients: state.clients.iter().map(|c| client_json(c, wall)).collect(),
+        lsl: lsl_json(session),
+    }
 }
 
 /// The session's LSL outlets (`null` without them): push latency (tick deadline → the
 /// three pushes returned), ticks pushed, ticks dropped because the LSL thread fell behind.
-fn lsl_json(session: &Session) -> Value {
-    let Some(tap) = session.tap().filter(|t| t.kind == "lsl") else {
-        return Value::Null;
-    };
+#[derive(Serialize)]
+struct LslJson<'a> {
+    streams: &'a [String],
+    push_latency_ms: LatencySummary,
+    samples: u64,
+    dropped: u64,
+    errors: u64,
+    attached: bool,
+}
+
+fn lsl_json(session: &Session) -> Option<LslJson<'_>> {
+    let tap = session.tap().filter(|t| t.kind == "lsl")?;
     let status = session.status();
-    json!({
-        "streams": tap.streams,
-        "push_latency_ms": summary(&tap.latency),
-        "samples": tap.samples.load(Relaxed),
-        "dropped": status.tap_dropped.load(Relaxed),
-        "errors": tap.errors.load(Relaxed),
-        "attached": status.tap_attached.load(Relaxed),
+    Some(LslJson {
+        streams: &tap.streams,
+        push_latency_ms: summary(&tap.latency),
+        samples: tap.samples.load(Relaxed),
+        dropped: status.tap_dropped.load(Relaxed),
+        errors: tap.errors.load(Relaxed),
+        attached: status.tap_attached.load(Relaxed),
     })
 }
 
@@ -190,13 +321,68 @@ const BUCKETS_SECONDS: [f64; 14] = [
     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2,
 ];
 
-/// Writes Prometheus text: families with HELP and TYPE, then samples.
+/// The last bucket of `hist` (nanoseconds) whose highest value is at most `bound` seconds;
+/// `None` when even the first one reaches above.
+fn last_bucket_within(hist: &AtomicHistogram, bound: f64) -> Option<usize> {
+    let within = |i: usize| hist.bucket_highest(i) as f64 / 1e9 <= bound;
+    let mut index = hist.index_of((bound * 1e9).ceil() as u64);
+    while index + 1 < hist.bucket_len() && within(index + 1) {
+        index += 1;
+    }
+    loop {
+        if within(index) {
+            return Some(index);
+        }
+        index = index.checked_sub(1)?;
+    }
+}
+
+/// Writes Prometheus text: families with HELP and TYPE, then samples. Every sample is a few
+/// string pushes into the one buffer (labels built once per session and client, integers
+/// through `itoa`): with a thousand clients the exposition is megabytes.
 struct Exposition {
     out: String,
     openmetrics: bool,
+    /// `le="…"` labels of [`BUCKETS_SECONDS`], as `{bound}` prints them.
+    le: [String; BUCKETS_SECONDS.len()],
+    /// Per histogram configuration, the last bucket within each bound of [`BUCKETS_SECONDS`].
+    cutoffs: Vec<(HistConfig, [Option<usize>; BUCKETS_SECONDS.len()])>,
+    integers: itoa::Buffer,
+}
+
+/// A sample's value: integers written with `itoa`, floats as `Display` prints them.
+trait SampleValue {
+    fn write(self, x: &mut Exposition);
+}
+
+macro_rules! integer_value {
+    ($($t:ty),*) => {$(
+        impl SampleValue for $t {
+            fn write(self, x: &mut Exposition) {
+                x.out.push_str(x.integers.format(self));
+            }
+        }
+    )*};
+}
+integer_value!(u8, u64, usize);
+
+impl SampleValue for f64 {
+    fn write(self, x: &mut Exposition) {
+        let _ = write!(x.out, "{self}");
+    }
 }
 
 impl Exposition {
+    fn new(openmetrics: bool, capacity: usize) -> Self {
+        Self {
+            out: String::with_capacity(capacity),
+            openmetrics,
+            le: BUCKETS_SECONDS.map(|bound| format!("le=\"{bound}\"")),
+            cutoffs: Vec::new(),
+            integers: itoa::Buffer::new(),
+        }
+    }
+
     fn family(&mut self, name: &str, kind: &str, help: &str) {
         // OpenMetrics names a counter family without `_total` and requires it on the samples.
         let shown = if self.openmetrics && kind == "counter" {
@@ -208,70 +394,89 @@ impl Exposition {
         let _ = writeln!(self.out, "# TYPE {shown} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
-        if labels.is_empty() {
-            let _ = writeln!(self.out, "{name} {value}");
-        } else {
-            let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
+    fn sample(&mut self, name: &str, labels: &str, value: impl SampleValue) {
+        self.line(name, "", labels, "", value);
+    }
+
+    /// `{name}{suffix}{labels,extra} value`, the braces left out when both are empty.
+    fn line(
+        &mut self,
+        name: &str,
+        suffix: &str,
+        labels: &str,
+        extra: &str,
+        value: impl SampleValue,
+    ) {
+        self.out.push_str(name);
+        self.out.push_str(suffix);
+        if !labels.is_empty() || !extra.is_empty() {
+            self.out.push('{');
+            self.out.push_str(labels);
+            if !labels.is_empty() && !extra.is_empty() {
+                self.out.push(',');
+            }
+            self.out.push_str(extra);
+            self.out.push('}');
         }
+        self.out.push(' ');
+        value.write(self);
+        self.out.push('\n');
     }
 
     /// `_bucket`, `_sum` and `_count` of a histogram of nanoseconds. Each bucket counts the
     /// HDR counts whose whole equivalent range lies at or below its bound, so `_count` equals
-    /// the JSON `count` exactly.
+    /// the JSON `count` exactly; `_sum` is the exact sum of the values.
     fn histogram(&mut self, name: &str, labels: &str, hist: &AtomicHistogram) {
-        let counts = hist.counts();
-        let mut cumulative = [0u64; BUCKETS_SECONDS.len()];
-        let (mut total, mut sum) = (0u64, 0.0);
-        for &(index, count) in &counts {
-            total += count;
-            sum += hist.bucket_middle(index as usize) as f64 * count as f64;
-            let seconds = hist.bucket_highest(index as usize) as f64 / 1e9;
-            for (bound, slot) in BUCKETS_SECONDS.iter().zip(cumulative.iter_mut()) {
-                if seconds <= *bound {
-                    *slot += count;
-                }
+        let config = hist.config();
+        let cutoffs = match self.cutoffs.iter().find(|(c, _)| *c == config) {
+            Some((_, cutoffs)) => *cutoffs,
+            None => {
+                let cutoffs = BUCKETS_SECONDS.map(|bound| last_bucket_within(hist, bound));
+                self.cutoffs.push((config, cutoffs));
+                cutoffs
             }
+        };
+        let mut cumulative = [0u64; BUCKETS_SECONDS.len()];
+        let total = cumulative_counts(hist, &cutoffs, &mut cumulative);
+        let sum = hist.sum() as f64;
+        for (i, count) in cumulative.into_iter().enumerate() {
+            let le = std::mem::take(&mut self.le[i]);
+            self.line(name, "_bucket", labels, &le, count);
+            self.le[i] = le;
         }
-        for (bound, count) in BUCKETS_SECONDS.iter().zip(cumulative) {
-            self.sample(
-                &format!("{name}_bucket"),
-                &format!("{labels},le=\"{bound}\""),
-                count,
-            );
+        self.line(name, "_bucket", labels, "le=\"+Inf\"", total);
+        self.line(name, "_sum", labels, "", sum / 1e9);
+        self.line(name, "_count", labels, "", total);
+    }
+
+    /// A summary with quantiles 0.5, 0.9, 0.99; values divided by `per_unit`.
+    fn summary(&mut self, name: &str, labels: &str, hist: &AtomicHistogram, per_unit: f64) {
+        let summary = LatencySummary::from_blocks(hist, per_unit);
+        for (q, value) in [
+            ("quantile=\"0.5\"", summary.p50),
+            ("quantile=\"0.9\"", summary.p90),
+            ("quantile=\"0.99\"", summary.p99),
+        ] {
+            self.line(name, "", labels, q, value);
         }
-        self.sample(
-            &format!("{name}_bucket"),
-            &format!("{labels},le=\"+Inf\""),
-            total,
-        );
-        self.sample(&format!("{name}_sum"), labels, sum / 1e9);
-        self.sample(&format!("{name}_count"), labels, total);
+        self.line(name, "_sum", labels, "", hist.sum() as f64 / per_unit);
+        self.line(name, "_count", labels, "", summary.count);
     }
 }
 
-impl Exposition {
-    /// A summary with quantiles 0.5, 0.9, 0.99; values divided by `per_unit`.
-    fn summary(&mut self, name: &str, labels: &str, hist: &AtomicHistogram, per_unit: f64) {
-        let summary = LatencySummary::from_counts(hist, &hist.counts(), per_unit);
-        for (q, value) in [(0.5, summary.p50), (0.9, summary.p90), (0.99, summary.p99)] {
-            self.sample(name, &format!("{labels},quantile=\"{q}\""), value);
-        }
-        self.sample(
-            &format!("{name}_sum"),
-            labels,
-            summary.mean * summary.count as f64,
-        );
-        self.sample(&format!("{name}_count"), labels, summary.count);
-    }
+/// A session locked for the exposition, with its labels built once.
+struct Row<'a> {
+    session: &'a Session,
+    state: std::sync::MutexGuard<'a, SessionState>,
+    /// `session="CODE"`.
+    label: String,
+    /// `session="CODE",client="ID"`, one per client of `state`.
+    clients: Vec<String>,
 }
 
 /// The Prometheus text exposition (0.0.4, or OpenMetrics 1.0 ending in `# EOF`).
 pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) -> String {
-    let mut x = Exposition {
-        out: String::with_capacity(16 * 1024),
-        openmetrics,
-    };
+    let mut x = Exposition::new(openmetrics, 16 * 1024 + registry.live_clients() * 4096);
     let sessions: Vec<Arc<Session>> = registry
         .sessions()
         .into_iter()
@@ -296,10 +501,24 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
         registry.connections_opened(),
     );
 
-    let states: Vec<_> = sessions.iter().map(|s| (s, s.state())).collect();
-    let session_label = |s: &Session| format!("session=\"{}\"", s.code());
-    let client_label =
-        |s: &Session, c: &ClientShared| format!("session=\"{}\",client=\"{}\"", s.code(), c.id);
+    let rows: Vec<Row> = sessions
+        .iter()
+        .map(|session| {
+            let state = session.state();
+            let label = format!("session=\"{}\"", session.code());
+            let clients = state
+                .clients
+                .iter()
+                .map(|c| format!("{label},client=\"{}\"", c.id))
+                .collect();
+            Row {
+                session,
+                state,
+                label,
+                clients,
+            }
+        })
+        .collect();
 
     type SessionValue = fn(&Session, &SessionState) -> u64;
     let per_session: [(&str, &str, &str, SessionValue); 8] = [
@@ -354,8 +573,14 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
     ];
     for (name, kind, help, value) in per_session {
         x.family(name, kind, help);
-        for (s, st) in &states {
-            x.sample(name, &session_label(s), value(s, st));
+        for Row {
+            session: s,
+            state: st,
+            label,
+            ..
+        } in &rows
+        {
+            x.sample(name, label, value(s, st));
         }
     }
     x.family(
@@ -363,22 +588,24 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
         "gauge",
         "Clients connected to the session.",
     );
-    for (s, st) in &states {
-        x.sample(
-            "phantomlink_session_connections",
-            &session_label(s),
-            st.clients.len(),
-        );
+    for Row {
+        state: st, label, ..
+    } in &rows
+    {
+        x.sample("phantomlink_session_connections", label, st.clients.len());
     }
     x.family(
         "phantomlink_session_paused",
         "gauge",
         "1 while the session is paused.",
     );
-    for (s, _) in &states {
+    for Row {
+        session: s, label, ..
+    } in &rows
+    {
         x.sample(
             "phantomlink_session_paused",
-            &session_label(s),
+            label,
             u8::from(s.status().paused.load(Relaxed)),
         );
     }
@@ -412,9 +639,14 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
     ];
     for (name, kind, help, value) in per_client {
         x.family(name, kind, help);
-        for (s, st) in &states {
-            for c in &st.clients {
-                x.sample(name, &client_label(s, c), value(c));
+        for Row {
+            state: st,
+            clients: labels,
+            ..
+        } in &rows
+        {
+            for (c, client_label) in st.clients.iter().zip(labels) {
+                x.sample(name, client_label, value(c));
             }
         }
     }
@@ -424,10 +656,13 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
         "histogram",
         "Timing thread wake time minus the tick's absolute deadline.",
     );
-    for (s, _) in &states {
+    for Row {
+        session: s, label, ..
+    } in &rows
+    {
         x.histogram(
             "phantomlink_tick_lateness_seconds",
-            &session_label(s),
+            label,
             &s.status().lateness,
         );
     }
@@ -436,11 +671,16 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
         "histogram",
         "Tick to the write to the client's socket returning.",
     );
-    for (s, st) in &states {
-        for c in &st.clients {
+    for Row {
+        state: st,
+        clients: labels,
+        ..
+    } in &rows
+    {
+        for (c, client_label) in st.clients.iter().zip(labels) {
             x.histogram(
                 "phantomlink_network_latency_seconds",
-                &client_label(s, c),
+                client_label,
                 &c.latency,
             );
         }
@@ -450,40 +690,40 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
         "histogram",
         "Tick to the client's writer taking the packet from its buffer.",
     );
-    for (s, st) in &states {
-        for c in &st.clients {
-            x.histogram(
-                "phantomlink_ring_wait_seconds",
-                &client_label(s, c),
-                &c.ring_wait,
-            );
+    for Row {
+        state: st,
+        clients: labels,
+        ..
+    } in &rows
+    {
+        for (c, client_label) in st.clients.iter().zip(labels) {
+            x.histogram("phantomlink_ring_wait_seconds", client_label, &c.ring_wait);
         }
     }
-    let lsl: Vec<_> = states
+    let lsl: Vec<_> = rows
         .iter()
-        .filter_map(|(s, _)| s.tap().filter(|t| t.kind == "lsl").map(|t| (s, t)))
+        .filter_map(|r| {
+            let tap = r.session.tap().filter(|t| t.kind == "lsl")?;
+            Some((r.session, r.label.as_str(), tap))
+        })
         .collect();
     x.family(
         "phantomlink_lsl_push_latency_seconds",
         "histogram",
         "Tick deadline to the session's LSL pushes returning.",
     );
-    for (s, tap) in &lsl {
-        x.histogram(
-            "phantomlink_lsl_push_latency_seconds",
-            &session_label(s),
-            &tap.latency,
-        );
+    for &(_, label, tap) in &lsl {
+        x.histogram("phantomlink_lsl_push_latency_seconds", label, &tap.latency);
     }
     x.family(
         "phantomlink_lsl_samples_total",
         "counter",
         "Ticks pushed to the session's LSL outlets.",
     );
-    for (s, tap) in &lsl {
+    for &(_, label, tap) in &lsl {
         x.sample(
             "phantomlink_lsl_samples_total",
-            &session_label(s),
+            label,
             tap.samples.load(Relaxed),
         );
     }
@@ -492,10 +732,10 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
         "counter",
         "Ticks dropped for the session's LSL outlets because their thread fell behind.",
     );
-    for (s, _) in &lsl {
+    for &(s, label, _) in &lsl {
         x.sample(
             "phantomlink_lsl_dropped_total",
-            &session_label(s),
+            label,
             s.status().tap_dropped.load(Relaxed),
         );
     }
@@ -504,12 +744,17 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
         "histogram",
         "Packet written to a client's decoder answer for it received.",
     );
-    for (s, st) in &states {
-        for c in &st.clients {
+    for Row {
+        state: st,
+        clients: labels,
+        ..
+    } in &rows
+    {
+        for (c, client_label) in st.clients.iter().zip(labels) {
             if let Some(d) = c.decoder.get() {
                 x.histogram(
                     "phantomlink_decoder_round_trip_seconds",
-                    &client_label(s, c),
+                    client_label,
                     &d.round_trip,
                 );
             }
@@ -520,18 +765,25 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
         "counter",
         "Decoder messages by outcome: matched, late, unknown (never sent), malformed.",
     );
-    for (s, st) in &states {
-        for c in &st.clients {
+    for Row {
+        state: st,
+        clients: labels,
+        ..
+    } in &rows
+    {
+        for (c, client_label) in st.clients.iter().zip(labels) {
             if let Some(d) = c.decoder.get() {
                 for (outcome, n) in [
-                    ("matched", &d.matched),
-                    ("late", &d.late),
-                    ("unknown", &d.unknown),
-                    ("malformed", &d.malformed),
+                    ("outcome=\"matched\"", &d.matched),
+                    ("outcome=\"late\"", &d.late),
+                    ("outcome=\"unknown\"", &d.unknown),
+                    ("outcome=\"malformed\"", &d.malformed),
                 ] {
-                    x.sample(
+                    x.line(
                         "phantomlink_decoder_messages_total",
-                        &format!("{},outcome=\"{outcome}\"", client_label(s, c)),
+                        "",
+                        client_label,
+                        outcome,
                         n.load(Relaxed),
                     );
                 }
@@ -553,20 +805,25 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
         ),
     ] {
         x.family(name, "summary", help);
-        for (s, st) in &states {
-            for c in &st.clients {
+        for Row {
+            state: st,
+            clients: labels,
+            ..
+        } in &rows
+        {
+            for (c, client_label) in st.clients.iter().zip(labels) {
                 if let Some(d) = c.decoder.get() {
                     let hist = if pick == 0 {
                         &d.velocity_error
                     } else {
                         &d.position_error
                     };
-                    x.summary(name, &client_label(s, c), hist, unit_scale);
+                    x.summary(name, client_label, hist, unit_scale);
                 }
             }
         }
     }
-    drop(states);
+    drop(rows);
 
     let process = ProcessStats::read();
     x.family(

@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use tiny_http::Request;
 
 use super::http::{
-    header_value, json_reply, read_body, respond_unread, text_reply, with_header, ApiError, Params,
-    Reply,
+    header_value, json_bytes_reply, json_reply, read_body, respond_unread, text_reply, with_header,
+    ApiError, Params, Reply,
 };
 use super::router::{route, ControlAction, Endpoint};
 use super::server::Context;
@@ -492,9 +492,9 @@ fn metrics(ctx: &Context, request: &Request, params: &Params) -> Result<Reply, A
         };
         return Ok(text_reply(200, body, content_type, cors));
     }
-    Ok(json_reply(
+    Ok(json_bytes_reply(
         200,
-        &report::json(&ctx.registry, only.as_deref()),
+        report::json(&ctx.registry, only.as_deref()),
         cors,
     ))
 }

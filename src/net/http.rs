@@ -127,6 +127,11 @@ pub fn json_reply(status: u16, value: &impl Serialize, cors: &str) -> Reply {
     let body = serde_json::to_vec(value).unwrap_or_else(|e| {
         format!(r#"{{"detail":"response could not be encoded: {e}"}}"#).into_bytes()
     });
+    json_bytes_reply(status, body, cors)
+}
+
+/// A JSON reply with `status` whose body is already serialised (`/metrics`).
+pub fn json_bytes_reply(status: u16, body: Vec<u8>, cors: &str) -> Reply {
     let reply = Response::from_data(body).with_status_code(status);
     let reply = with_header(reply, "Content-Type", "application/json");
     with_header(reply, "Access-Control-Allow-Origin", cors)
