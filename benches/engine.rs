@@ -180,6 +180,34 @@ impl Writers {
     }
 }
 
+/// Times ticks of `rig` whose `clients` frames are drained by `writers`, letting them finish
+/// (outside the timed region) after each, then stops them.
+fn measure_with_writers(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    mut rig: Rig,
+    writers: Writers,
+    clients: usize,
+) {
+    let mut expected = 0u64;
+    for _ in 0..50 {
+        rig.tick();
+        expected += clients as u64;
+        writers.settle(expected);
+    }
+    group.bench_function(BenchmarkId::from_parameter(clients), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                total += rig.tick();
+                expected += clients as u64;
+                writers.settle(expected);
+            }
+            total
+        })
+    });
+    writers.stop();
+}
+
 fn tick_parked_writers(c: &mut Criterion) {
     let table = table();
     let mut group = c.benchmark_group("tick_parked_writers");
@@ -221,7 +249,7 @@ fn tick_parked_writers(c: &mut Criterion) {
                 })
             })
             .collect();
-        let (mut rig, rings) = Rig::new(&table, &formats, |i| {
+        let (rig, rings) = Rig::new(&table, &formats, |i| {
             WriterWaker::thread(handles[i].thread().clone())
         });
         for (slot, ring) in slots.iter().zip(rings) {
@@ -232,24 +260,7 @@ fn tick_parked_writers(c: &mut Criterion) {
             stop,
             popped,
         };
-        let mut expected = 0u64;
-        for _ in 0..50 {
-            rig.tick();
-            expected += clients as u64;
-            writers.settle(expected);
-        }
-        group.bench_function(BenchmarkId::from_parameter(clients), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += rig.tick();
-                    expected += clients as u64;
-                    writers.settle(expected);
-                }
-                total
-            })
-        });
-        writers.stop();
+        measure_with_writers(&mut group, rig, writers, clients);
     }
     group.finish();
 }
@@ -315,7 +326,7 @@ fn tick_pool_writers(c: &mut Criterion) {
                 })
             })
             .collect();
-        let (mut rig, rings) = Rig::new(&table, &formats, |i| {
+        let (rig, rings) = Rig::new(&table, &formats, |i| {
             WriterWaker::pooled(
                 handles[i % POOL].thread().clone(),
                 queues[i % POOL].0.clone(),
@@ -331,24 +342,7 @@ fn tick_pool_writers(c: &mut Criterion) {
             stop,
             popped,
         };
-        let mut expected = 0u64;
-        for _ in 0..50 {
-            rig.tick();
-            expected += clients as u64;
-            writers.settle(expected);
-        }
-        group.bench_function(BenchmarkId::from_parameter(clients), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += rig.tick();
-                    expected += clients as u64;
-                    writers.settle(expected);
-                }
-                total
-            })
-        });
-        writers.stop();
+        measure_with_writers(&mut group, rig, writers, clients);
     }
     group.finish();
 }

@@ -71,6 +71,19 @@ def sweep(args):
     print(f"sweep: {len(runs)} runs written to {args.out}", file=sys.stderr)
 
 
+def finish(fig, ax, xlabel, ylabel, title, path):
+    """Log-log axes, labels, grid and legend, then the PNG."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def plot(args):
     import matplotlib
 
@@ -95,15 +108,9 @@ def plot(args):
         ax.annotate(f"{r['sessions']}×{r['clients']}", (xi, r["report"]["latency_us"]["p50"] / 1000),
                     textcoords="offset points", xytext=(0, -14), ha="center", fontsize=7)
     ax.axhline(2.0, color="red", lw=0.8, ls="--", label="2 ms target (p99)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("clients (sessions × clients per session)")
-    ax.set_ylabel("latency, ms")
-    ax.set_title(f"PhantomLink latency vs clients\n{where}", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out_dir, "latency_vs_clients.png"), dpi=110)
+    finish(fig, ax, "clients (sessions × clients per session)", "latency, ms",
+           f"PhantomLink latency vs clients\n{where}",
+           os.path.join(args.out_dir, "latency_vs_clients.png"))
 
     # Tick lateness against sessions: the largest client count per session count.
     per_sessions = {}
@@ -118,15 +125,9 @@ def plot(args):
     ax.plot([r["sessions"] for r in rows],
             [r["report"]["metrics"]["timing_error_ms"]["p99"]["max"] * 1000 for r in rows],
             "k:", marker="x", label="lateness p99 (worst session)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("streaming sessions")
-    ax.set_ylabel("tick lateness (wake − deadline), µs")
-    ax.set_title(f"PhantomLink tick lateness vs sessions (SCHED_FIFO)\n{where}", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out_dir, "tick_lateness.png"), dpi=110)
+    finish(fig, ax, "streaming sessions", "tick lateness (wake − deadline), µs",
+           f"PhantomLink tick lateness vs sessions (SCHED_FIFO)\n{where}",
+           os.path.join(args.out_dir, "tick_lateness.png"))
     print(f"plot: latency_vs_clients.png and tick_lateness.png written to {args.out_dir}",
           file=sys.stderr)
 
