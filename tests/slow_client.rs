@@ -1,6 +1,8 @@
 //! A client that stops reading: its ring fills, packets are dropped for it alone (counted in
-//! `/metrics`), it is closed after the stall timeout, and another client of the same session
-//! sees every packet throughout.
+//! `/metrics`), it is closed after the stall timeout, and another client of the same session,
+//! written by the same writer thread, sees every packet throughout. What the slow client
+//! finally reads is whole frames: a frame its full socket took only in part was finished, never
+//! interleaved with another.
 
 mod common;
 
@@ -77,9 +79,12 @@ fn client_metrics<'a>(metrics: &'a Value, code: &str, remote: SocketAddr) -> Opt
 
 #[test]
 fn a_stalled_client_loses_packets_alone_and_is_closed() {
-    let server = TestServer::with(|engine, _| {
+    let server = TestServer::with(|engine, network| {
         engine.ring_capacity = RING as usize;
         engine.stall_timeout = STALL;
+        // One writer thread: the slow client and the good one share it, so the good client's
+        // stream also shows that a full socket never holds up the others on its thread.
+        network.writer_threads = 1;
     });
     let code = "slow-session";
     let mut good = server.ws(&format!("/stream/{code}"));
