@@ -653,61 +653,6 @@ impl Exposition {
     }
 }
 
-impl Exposition {
-    /// `each` for every row, in order, its samples appended to this exposition: on up to
-    /// `threads` threads, each writing a contiguous run of rows into an exposition of its
-    /// own (same labels and cutoffs), appended in order — the text of a serial render.
-    fn rows_in_parallel<R: Sync>(
-        &mut self,
-        rows: &[R],
-        threads: usize,
-        each: impl Fn(&mut Exposition, &R) + Sync,
-    ) {
-        let threads = threads.min(rows.len() / SESSIONS_PER_THREAD).max(1);
-        if threads == 1 {
-            return rows.iter().for_each(|row| each(self, row));
-        }
-        let per_thread = rows.len().div_ceil(threads);
-        let each = &each;
-        std::thread::scope(|scope| {
-            let mut runs = rows.chunks(per_thread);
-            let first = runs.next().unwrap_or_default();
-            let others: Vec<_> = runs
-                .map(|run| {
-                    let mut x = Exposition {
-                        out: String::with_capacity(self.out.capacity() / threads),
-                        openmetrics: self.openmetrics,
-                        le: self.le.clone(),
-                        cutoffs: self.cutoffs.clone(),
-                        integers: itoa::Buffer::new(),
-                    };
-                    let render = move || {
-                        run.iter().for_each(|row| each(&mut x, row));
-                        x.out
-                    };
-                    // A run whose thread cannot be started is rendered here, in its turn.
-                    std::thread::Builder::new()
-                        .name("metrics-render".into())
-                        .spawn_scoped(scope, render)
-                        .map_err(|_| run)
-                })
-                .collect();
-            first.iter().for_each(|row| each(self, row));
-            for other in others {
-                match other {
-                    Ok(thread) => {
-                        let out = thread
-                            .join()
-                            .unwrap_or_else(|e| std::panic::resume_unwind(e));
-                        self.out.push_str(&out);
-                    }
-                    Err(run) => run.iter().for_each(|row| each(self, row)),
-                }
-            }
-        });
-    }
-}
-
 /// A session locked for the exposition, with its labels built once.
 struct Row<'a> {
     session: &'a Session,
@@ -718,20 +663,8 @@ struct Row<'a> {
     clients: Vec<String>,
 }
 
-/// The Prometheus text exposition (0.0.4, or OpenMetrics 1.0 ending in `# EOF`). With many
-/// sessions its histogram families are rendered on several threads (see [`render_threads`]);
-/// the text is that of a serial render.
+/// The Prometheus text exposition (0.0.4, or OpenMetrics 1.0 ending in `# EOF`).
 pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) -> String {
-    prometheus_with(registry, only, openmetrics, render_threads())
-}
-
-/// [`prometheus`] on at most `threads` threads.
-fn prometheus_with(
-    registry: &Registry,
-    only: Option<&str>,
-    openmetrics: bool,
-    threads: usize,
-) -> String {
     let mut x = Exposition::new(openmetrics, 16 * 1024 + registry.live_clients() * 4096);
     let sessions: Vec<Arc<Session>> = registry
         .sessions()
@@ -912,39 +845,50 @@ fn prometheus_with(
         "histogram",
         "Timing thread wake time minus the tick's absolute deadline.",
     );
-    // The histogram families are most of the exposition's work (twenty lines and a walk of
-    // the block counts each): their rows are rendered on several threads.
-    x.rows_in_parallel(&rows, threads, |x, row| {
+    for Row {
+        session: s, label, ..
+    } in &rows
+    {
         x.histogram(
             "phantomlink_tick_lateness_seconds",
-            &row.label,
-            &row.session.status().lateness,
+            label,
+            &s.status().lateness,
         );
-    });
+    }
     x.family(
         "phantomlink_network_latency_seconds",
         "histogram",
         "Tick to the write to the client's socket returning.",
     );
-    x.rows_in_parallel(&rows, threads, |x, row| {
-        for (c, client_label) in row.state.clients.iter().zip(&row.clients) {
+    for Row {
+        state: st,
+        clients: labels,
+        ..
+    } in &rows
+    {
+        for (c, client_label) in st.clients.iter().zip(labels) {
             x.histogram(
                 "phantomlink_network_latency_seconds",
                 client_label,
                 &c.latency,
             );
         }
-    });
+    }
     x.family(
         "phantomlink_ring_wait_seconds",
         "histogram",
         "Tick to the client's writer taking the packet from its buffer.",
     );
-    x.rows_in_parallel(&rows, threads, |x, row| {
-        for (c, client_label) in row.state.clients.iter().zip(&row.clients) {
+    for Row {
+        state: st,
+        clients: labels,
+        ..
+    } in &rows
+    {
+        for (c, client_label) in st.clients.iter().zip(labels) {
             x.histogram("phantomlink_ring_wait_seconds", client_label, &c.ring_wait);
         }
-    });
+    }
     let lsl: Vec<_> = rows
         .iter()
         .filter_map(|r| {
@@ -1249,35 +1193,6 @@ mod tests {
             1,
             "{only}"
         );
-        registry.shut_down(Instant::now() + Duration::from_secs(2));
-    }
-
-    #[test]
-    fn parallel_exposition_is_the_serial_exposition() {
-        let registry = registry(29, 5);
-        // Process figures move with time: the comparison stops before them.
-        let render = |threads| {
-            let mut text = prometheus_with(&registry, None, true, threads);
-            text.truncate(text.find("# HELP process_").unwrap());
-            text
-        };
-        let mut serial = render(1);
-        assert!(serial.contains("phantomlink_ring_wait_seconds_bucket{session=\"render-28\""));
-        for threads in [2, 3, 8] {
-            let mut attempts = 0;
-            loop {
-                let parallel = render(threads);
-                let after = render(1);
-                if after == serial {
-                    assert!(parallel == serial, "{threads} threads render other text");
-                    break;
-                }
-                attempts += 1;
-                assert!(attempts < 50, "the figures never hold still");
-                std::thread::sleep(Duration::from_millis(20));
-                serial = after;
-            }
-        }
         registry.shut_down(Instant::now() + Duration::from_secs(2));
     }
 }
