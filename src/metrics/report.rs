@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use std::net::SocketAddr;
@@ -35,71 +35,260 @@ fn summary(hist: &AtomicHistogram) -> LatencySummary {
 /// The JSON document of `GET /metrics`, for every session or only `only`, serialised: the
 /// bytes the HTTP handler sends. Typed structs written straight into the buffer (no value
 /// tree); each session's figures are read under its state lock, then serialised without it.
+/// With many sessions they are rendered on several threads (see [`render_threads`]); the
+/// bytes are those of a serial render.
 pub fn json(registry: &Registry, only: Option<&str>) -> Vec<u8> {
+    json_with(registry, only, render_threads())
+}
+
+/// Threads `/metrics` may render sessions on: the cores available (read once — it consults
+/// cgroup files), at most 8, since beyond that the cost of the threads outweighs the work.
+fn render_threads() -> usize {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8)
+    })
+}
+
+/// Fewest sessions per thread: under this, a thread's start (tens of µs) is not repaid.
+const SESSIONS_PER_THREAD: usize = 8;
+
+/// [`json`] on at most `threads` threads.
+fn json_with(registry: &Registry, only: Option<&str>, threads: usize) -> Vec<u8> {
+    // Sorted by code, as the document always was.
     let sessions = registry.sessions();
     // Server-wide, like total_sessions and total_connections, also when narrowed by `only`.
     let active = sessions.iter().filter(|s| s.client_count() > 0).count();
-    let now = Instant::now();
-    let wall = SystemTime::now();
-    let mut per_session: Vec<(&str, SessionJson)> = sessions
+    let shown: Vec<&Session> = sessions
         .iter()
+        .map(|s| &**s)
         .filter(|s| only.is_none_or(|c| c == s.code()))
-        .map(|session| {
-            let state = session.state();
-            (session.code(), session_json(session, &state, now, wall))
-        })
         .collect();
-    // Sorted by code, as the document always was.
-    per_session.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let clients: usize = per_session.iter().map(|(_, s)| s.clients.len()).sum();
-    let document = Document {
-        timestamp: unix(SystemTime::now()),
-        service: "PhantomLink",
-        version: env!("CARGO_PKG_VERSION"),
-        metrics: ServerJson {
+    let clock = Clock {
+        now: Instant::now(),
+        wall: SystemTime::now(),
+    };
+    let clients: usize = shown.iter().map(|s| s.client_count()).sum();
+    // About 1 KiB per client and 4 KiB per session: one allocation, no regrowth.
+    let mut out = Vec::with_capacity(2048 + shown.len() * 4096 + clients * 1024);
+    // The document is written by hand around its `sessions` object, whose entries may come
+    // from several threads: each head is a serialised struct reopened (its closing brace
+    // dropped) to take the next field, which keeps serde_json's exact spelling of the rest.
+    write_json(
+        &mut out,
+        &DocumentHead {
+            timestamp: unix(clock.wall),
+            service: "PhantomLink",
+            version: env!("CARGO_PKG_VERSION"),
+        },
+    );
+    reopen(&mut out, "metrics");
+    write_json(
+        &mut out,
+        &ServerHead {
             total_sessions: sessions.len(),
             active_sessions: active,
             total_connections: registry.live_clients(),
             connections_opened: registry.connections_opened(),
             uptime_seconds: registry.uptime().as_secs_f64(),
             dataset_bytes: registry.table().heap_bytes(),
-            sessions: SessionMap(&per_session),
         },
-        process: ProcessStats::read(),
-    };
-    // About 1 KiB per client and 4 KiB per session: one allocation, no regrowth.
-    let mut out = Vec::with_capacity(2048 + per_session.len() * 4096 + clients * 1024);
-    serde_json::to_writer(&mut out, &document).expect("numbers and strings always serialise");
+    );
+    reopen(&mut out, "sessions");
+    out.push(b'{');
+    session_entries(&mut out, &shown, clock, threads);
+    out.extend_from_slice(b"}}");
+    reopen_object(&mut out, "process");
+    write_json(&mut out, &ProcessStats::read());
+    out.push(b'}');
     out
 }
 
+/// One instant for every figure of a render.
+#[derive(Clone, Copy)]
+struct Clock {
+    now: Instant,
+    wall: SystemTime,
+}
+
+fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let mut serializer = serde_json::Serializer::with_formatter(out, Formatter);
+    value
+        .serialize(&mut serializer)
+        .expect("numbers and strings always serialise");
+}
+
+/// Turns the object just written, `{…}`, back into an open one whose next field is `key`.
+fn reopen(out: &mut Vec<u8>, key: &str) {
+    debug_assert_eq!(out.last(), Some(&b'}'));
+    out.pop();
+    reopen_object(out, key);
+}
+
+/// Appends `,"key":` (keys here are plain identifiers: nothing to escape).
+fn reopen_object(out: &mut Vec<u8>, key: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+/// The `"code":{…}` entries of `sessions`, comma-separated, in order: on up to `threads`
+/// threads, each rendering a contiguous run of sessions into its own buffer, appended in
+/// order — so the bytes are the serial render's. Each thread locks its sessions one at a
+/// time, as the serial render does.
+fn session_entries(out: &mut Vec<u8>, sessions: &[&Session], clock: Clock, threads: usize) {
+    let threads = threads.min(sessions.len() / SESSIONS_PER_THREAD).max(1);
+    if threads == 1 {
+        return write_sessions(out, sessions, clock);
+    }
+    let per_thread = sessions.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut runs = sessions.chunks(per_thread);
+        let first = runs.next().unwrap_or_default();
+        let others: Vec<_> = runs
+            .map(|run| {
+                let render = move || {
+                    let clients: usize = run.iter().map(|s| s.client_count()).sum();
+                    let mut buf = Vec::with_capacity(run.len() * 4096 + clients * 1024);
+                    write_sessions(&mut buf, run, clock);
+                    buf
+                };
+                // A thread that cannot be started (resource limits) leaves its run to
+                // this one, after the first run.
+                std::thread::Builder::new()
+                    .name("metrics-render".into())
+                    .spawn_scoped(scope, render)
+                    .map_err(|_| run)
+            })
+            .collect();
+        write_sessions(out, first, clock);
+        for other in others {
+            out.push(b',');
+            match other {
+                Ok(thread) => {
+                    let buf = thread
+                        .join()
+                        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+                    out.extend_from_slice(&buf);
+                }
+                Err(run) => write_sessions(out, run, clock),
+            }
+        }
+    });
+}
+
+/// `"code":{…}` for each of `sessions`, comma-separated.
+fn write_sessions(out: &mut Vec<u8>, sessions: &[&Session], clock: Clock) {
+    for (i, session) in sessions.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Read under the state lock, serialised after it is released.
+        let rendered = {
+            let state = session.state();
+            session_json(session, &state, clock.now, clock.wall)
+        };
+        write_json(out, session.code());
+        out.push(b':');
+        write_json(out, &rendered);
+    }
+}
+
+/// serde_json's compact output with a cheaper spelling of the most common floats: whole
+/// nanoseconds shown in milliseconds (every percentile, min and max is a bucket bound in ns).
+/// Their digits come from integer arithmetic instead of a shortest round-trip search, and are
+/// the very bytes serde_json would print (see [`millis_of_nanos`]); other floats go through
+/// serde_json's own formatting.
+struct Formatter;
+
+impl serde_json::ser::Formatter for Formatter {
+    fn write_f64<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        value: f64,
+    ) -> std::io::Result<()> {
+        match millis_of_nanos(value) {
+            Some(ns) => writer.write_all(MillisText::new(ns).as_bytes()),
+            None => serde_json::ser::CompactFormatter.write_f64(writer, value),
+        }
+    }
+}
+
+/// Whole nanoseconds `ns` with `ns as f64 / 1e6 == value`, when the decimal of ns / 10⁶
+/// (at most six decimals) is exactly what serde_json's shortest round-trip formatting prints
+/// for `value`: from 10 ns (below, it switches to exponents: `1e-6`) to 2³² ms, where an f64
+/// step is under 10⁻⁶, so no other decimal of six places or fewer rounds to `value` and the
+/// shortest one is ns / 10⁶ itself. `None` for every other float.
+fn millis_of_nanos(value: f64) -> Option<u64> {
+    const MAX_MS: f64 = 4_294_967_296.0; // 2³²
+    if !(1e-5..MAX_MS).contains(&value) {
+        return None;
+    }
+    let ns = (value * 1e6).round() as u64;
+    (ns as f64 / 1e6 == value).then_some(ns)
+}
+
+/// ns / 10⁶ as serde_json prints it: `12.5`, `0.0425`, `3.0`.
+struct MillisText {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl MillisText {
+    fn new(ns: u64) -> Self {
+        let mut text = Self {
+            buf: [0; 32],
+            len: 0,
+        };
+        let mut whole = itoa::Buffer::new();
+        let whole = whole.format(ns / 1_000_000).as_bytes();
+        text.buf[..whole.len()].copy_from_slice(whole);
+        text.buf[whole.len()] = b'.';
+        let mut len = whole.len() + 1;
+        let mut frac = (ns % 1_000_000) as u32;
+        if frac == 0 {
+            text.buf[len] = b'0';
+            len += 1;
+        } else {
+            let mut digits = 6;
+            while frac % 10 == 0 {
+                frac /= 10;
+                digits -= 1;
+            }
+            for i in (0..digits).rev() {
+                text.buf[len + i] = b'0' + (frac % 10) as u8;
+                frac /= 10;
+            }
+            len += digits;
+        }
+        text.len = len;
+        text
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// The document's fields before `metrics`.
 #[derive(Serialize)]
-struct Document<'a> {
+struct DocumentHead {
     timestamp: f64,
     service: &'static str,
     version: &'static str,
-    metrics: ServerJson<'a>,
-    process: ProcessStats,
 }
 
+/// The `metrics` fields before `sessions`.
 #[derive(Serialize)]
-struct ServerJson<'a> {
+struct ServerHead {
     total_sessions: usize,
     active_sessions: usize,
     total_connections: usize,
     connections_opened: u64,
     uptime_seconds: f64,
     dataset_bytes: usize,
-    sessions: SessionMap<'a>,
-}
-
-/// Sessions as a JSON object keyed by code.
-struct SessionMap<'a>(&'a [(&'a str, SessionJson<'a>)]);
-
-impl Serialize for SessionMap<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.0.iter().map(|(code, session)| (code, session)))
-    }
 }
 
 #[derive(Serialize)]
@@ -854,4 +1043,156 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
         x.out.push_str("# EOF\n");
     }
     x.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::WireFormat;
+    use crate::dataset::synthetic::{generate, SyntheticConfig};
+    use crate::dataset::PacketTable;
+    use crate::engine::EngineConfig;
+    use std::time::Duration;
+
+    /// The bytes serde_json's own formatting gives `value`.
+    fn reference(value: f64) -> String {
+        serde_json::to_string(&value).unwrap()
+    }
+
+    fn ours(value: f64) -> String {
+        let mut out = Vec::new();
+        write_json(&mut out, &value);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn floats_print_as_serde_json_prints_them() {
+        // Every nanosecond up to 3 ms, then a spread up to and past 2³² ms.
+        for ns in 0..3_000_000u64 {
+            let value = ns as f64 / 1e6;
+            assert_eq!(ours(value), reference(value), "{ns} ns");
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..1_000_000 {
+            let ns = next() >> (next() % 64);
+            for value in [
+                ns as f64 / 1e6,
+                ns as f64 / 1e3,
+                f64::from_bits(next()),
+                (ns as f64 / 1e6).next_up(),
+            ] {
+                assert_eq!(ours(value), reference(value), "{value:e}");
+            }
+        }
+        for value in [
+            0.0,
+            -0.0,
+            1e-5,
+            4_294_967_296.0,
+            4_294_967_295.999_999,
+            1e15,
+        ] {
+            assert_eq!(ours(value), reference(value), "{value:e}");
+        }
+    }
+
+    /// Sessions with clients attached without sockets, their histograms filled.
+    fn registry(sessions: usize, clients: usize) -> Registry {
+        let table = Arc::new(PacketTable::new(generate(&SyntheticConfig::default())).unwrap());
+        let registry = Registry::new(
+            table,
+            EngineConfig {
+                max_sessions: sessions,
+                ..EngineConfig::default()
+            },
+        );
+        for s in 0..sessions {
+            let session = registry.create(Some(&format!("render-{s:02}"))).unwrap();
+            // Sessions of unequal sizes, some empty, so that runs differ in length.
+            for c in 0..(s * 7) % (clients + 1) {
+                let id = (s * clients + c) as u64;
+                let remote = format!("127.0.0.1:{}", 20_000 + id).parse().unwrap();
+                let shared = Arc::new(ClientShared::new(id, remote, WireFormat::ALL[c % 2], 64));
+                for v in 0..500u64 {
+                    shared.latency.record(40_000 + v * v * 37 + id);
+                    shared.ring_wait.record(1_000 + v * 113);
+                    session.status().latency.record(40_000 + v * 991);
+                }
+                session
+                    .attach(shared, None, registry.table().playlist_all(), clients)
+                    .unwrap();
+            }
+            for v in 0..300u64 {
+                session.status().lateness.record(150 + v * 61);
+            }
+        }
+        registry
+    }
+
+    fn entries(sessions: &[&Session], clock: Clock, threads: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        session_entries(&mut out, sessions, clock, threads);
+        out
+    }
+
+    #[test]
+    fn parallel_render_is_the_serial_render() {
+        let registry = registry(37, 6);
+        let all = registry.sessions();
+        let sessions: Vec<&Session> = all.iter().map(|s| &**s).collect();
+        let clock = Clock {
+            now: Instant::now(),
+            wall: SystemTime::now(),
+        };
+        // Timing threads publish their core and scheduling as they start: a comparison
+        // counts when the serial render before and after it agree.
+        let mut serial = entries(&sessions, clock, 1);
+        // The entries make a valid object, every session in order.
+        let object: serde_json::Value =
+            serde_json::from_slice(&[b"{", &serial[..], b"}"].concat()).unwrap();
+        let codes: Vec<&String> = object.as_object().unwrap().keys().collect();
+        assert_eq!(codes.len(), 37);
+        assert!(codes.windows(2).all(|w| w[0] < w[1]));
+        for threads in [2, 3, 4, 8] {
+            let mut attempts = 0;
+            loop {
+                let parallel = entries(&sessions, clock, threads);
+                let after = entries(&sessions, clock, 1);
+                if after == serial {
+                    assert!(parallel == serial, "{threads} threads render other bytes");
+                    break;
+                }
+                attempts += 1;
+                assert!(attempts < 50, "the figures never hold still");
+                std::thread::sleep(Duration::from_millis(20));
+                serial = after;
+            }
+        }
+        // The whole document, rendered serially and in parallel, is the same JSON apart
+        // from the figures that move with time (timestamp, uptime, process).
+        let document = |threads| -> serde_json::Value {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&json_with(&registry, None, threads)).unwrap();
+            v["timestamp"] = 0.into();
+            v["metrics"]["uptime_seconds"] = 0.into();
+            v["process"] = 0.into();
+            v
+        };
+        assert_eq!(document(1), document(4));
+        let only = json_with(&registry, Some("render-03"), 4);
+        let only: serde_json::Value = serde_json::from_slice(&only).unwrap();
+        assert_eq!(only["metrics"]["total_sessions"], 37);
+        assert_eq!(
+            only["metrics"]["sessions"].as_object().unwrap().len(),
+            1,
+            "{only}"
+        );
+        registry.shut_down(Instant::now() + Duration::from_secs(2));
+    }
 }
