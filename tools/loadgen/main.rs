@@ -68,10 +68,10 @@ pub struct Args {
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub coalesce_us: u64,
     /// Run the reading workers SCHED_FIFO at this priority (1-99; the server's writers use 40,
-    /// its timing threads 50). On a machine shared with the server, a normal-priority load
-    /// generator can be kept off the CPU for tens of milliseconds; its late reads then merge
-    /// frames, and a merged read carries one kernel timestamp, so its latency would be its
-    /// own, not the server's.
+    /// its timing threads 50; 45 measures a loaded server best). On a machine shared with the
+    /// server, a load generator below the writers can be kept off the CPU for tens of
+    /// milliseconds; its late reads then merge frames, and a merged read carries one kernel
+    /// timestamp, so its latency would be its own, not the server's.
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
     pub fifo: Option<u8>,
     /// Threads opening connections in parallel.
