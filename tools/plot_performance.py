@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Latency and tick-lateness plots for docs/PERFORMANCE.md, from load-generator runs.
 
-    python3 tools/plot_performance.py sweep  [--out docs/perf/sweep.json] [--seconds 10]
+    python3 tools/plot_performance.py sweep  [--out docs/perf/sweep.json] [--seconds 10] [--fifo 45]
     python3 tools/plot_performance.py plot   [--data docs/perf/sweep.json] [--out-dir docs/perf]
 
 `sweep` runs `tools/loadgen/with-server.sh` (a fresh release server on 127.0.0.1 for every
 load, stopped afterwards) over a fixed list of sessions x clients loads and stores each run's
-`--json` report with the machine it ran on. `plot` draws two PNGs from such a file:
+`--json` report with the machine it ran on. The load generator's readers run SCHED_FIFO 45
+(above the server's writers) unless `--fifo 0`: below them, on a machine the server keeps busy,
+they read late and merge frames, and the merged frames' latency is the load generator's own. `plot` draws two PNGs from such a file:
 
 - latency_vs_clients.png: tick->receive percentiles measured by the load generator (kernel
   receive stamps) and the server's own tick->socket p99, against the number of clients;
@@ -57,6 +59,9 @@ def sweep(args):
             "--sessions", str(sessions), "--clients", str(clients),
             "--seconds", str(args.seconds), "--warmup", str(args.warmup), "--json", "-q",
         ]
+        if args.fifo:
+            # Readers above the server's writers: see docs/PERFORMANCE.md, capacity.
+            cmd += ["--fifo", str(args.fifo), "--coalesce-us", "2000"]
         print(f"sweep: {sessions} x {clients} ...", file=sys.stderr, flush=True)
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.seconds * 10 + 120)
         if done.returncode != 0:
@@ -67,7 +72,7 @@ def sweep(args):
         runs.append({"sessions": sessions, "clients": clients, "report": report})
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"machine": machine(), "runs": runs}, f, indent=1)
+        json.dump({"machine": machine(), "loadgen_fifo": args.fifo, "runs": runs}, f, indent=1)
     print(f"sweep: {len(runs)} runs written to {args.out}", file=sys.stderr)
 
 
@@ -140,6 +145,8 @@ def main():
     s.add_argument("--seconds", type=float, default=10.0, help="measured window per load")
     s.add_argument("--warmup", type=float, default=3.0)
     s.add_argument("--port", type=int, default=18600, help="first port; one per load")
+    s.add_argument("--fifo", type=int, default=45,
+                   help="SCHED_FIFO priority of the load generator's readers (0: normal priority)")
     s.set_defaults(run=sweep)
     p = sub.add_parser("plot", help="draw the PNGs from a sweep")
     p.add_argument("--data", default=os.path.join(ROOT, "docs", "perf", "sweep.json"))
