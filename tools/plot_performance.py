@@ -98,7 +98,10 @@ def plot(args):
     with open(args.data) as f:
         data = json.load(f)
     runs = data["runs"]
-    where = f"{data['machine']['cores']} cores, {data['machine']['cpu']}, {data['machine']['date']}"
+    fifo = data.get("loadgen_fifo")
+    readers = f"load generator readers SCHED_FIFO {fifo}" if fifo else "load generator at normal priority"
+    where = (f"{data['machine']['cores']} cores, {data['machine']['cpu']}, "
+             f"{data['machine']['date']}; {readers}")
 
     # Latency against clients: one point per load, labelled sessions x clients.
     by_clients = sorted(runs, key=lambda r: (r["sessions"] * r["clients"], r["sessions"]))
