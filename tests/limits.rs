@@ -60,6 +60,8 @@ fn every_limit_is_reported_in_stats() {
         network.max_body_bytes = 2048;
         network.http_idle_timeout = Duration::from_secs(3);
         network.api_token = Some("t0ken".into());
+        network.writer_threads = 3;
+        engine.spin = Some(Duration::from_micros(7));
     });
     let stats = server.get("/api/stats").ok_json();
     let limits = &stats["session_manager"]["limits"];
@@ -71,6 +73,10 @@ fn every_limit_is_reported_in_stats() {
     assert_eq!(limits["client_stall_timeout_seconds"].as_f64(), Some(4.0));
     assert_eq!(limits["http_idle_timeout_seconds"].as_f64(), Some(3.0));
     assert_eq!(limits["handshake_timeout_seconds"].as_f64(), Some(3.0));
+    assert_eq!(limits["writer_threads"], 3);
+    let timing = &stats["session_manager"]["timing"];
+    assert_eq!(timing["spin_mode"], "fixed");
+    assert_eq!(timing["spin_us"].as_f64(), Some(7.0));
     let security = &stats["session_manager"]["security"];
     assert_eq!(security["api_token_required"], true);
     assert_eq!(security["stream_token_required"], false);
