@@ -248,3 +248,33 @@ fn the_same_seed_and_noise_give_the_same_counts_on_every_run() {
         "moderate noise changed only {changed} of 40 packets"
     );
 }
+
+/// `phantomlink-loadgen --closed-loop`: every client (JSON and MessagePack, mixed) answers
+/// every packet, and the server matches the answers: none unknown or malformed, and a round
+/// trip is measured.
+#[test]
+fn loadgen_closed_loop_is_matched_by_the_server() {
+    let server = TestServer::start();
+    let url = format!("ws://{}", server.addr);
+    // The load generator bounds its own run (connect budget, window, hard deadline).
+    let output = Command::new(env!("CARGO_BIN_EXE_phantomlink-loadgen"))
+        .args(["--url", &url, "--sessions", "2", "--clients", "2"])
+        .args(["--seconds", "3", "--warmup", "0.5", "--format", "mixed"])
+        .args(["--closed-loop", "--json", "--quiet"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("loadgen binary runs");
+    assert!(output.status.success(), "loadgen exit {:?}", output.status);
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    let cl = &report["closed_loop"];
+    assert_eq!(cl["clients_reporting"], 4, "{cl}");
+    assert!(cl["answers_sent"].as_u64().unwrap() > 0, "{cl}");
+    assert!(cl["matched"].as_u64().unwrap() > 0, "{cl}");
+    assert_eq!(cl["unknown"], 0, "{cl}");
+    assert_eq!(cl["malformed"], 0, "{cl}");
+    assert_eq!(cl["flagged"], false, "{cl}");
+    assert!(
+        cl["round_trip_ms_p99"]["max"].as_f64().unwrap() > 0.0,
+        "{cl}"
+    );
+}

@@ -129,6 +129,8 @@ pub struct Ctx<'a> {
     pub verify_every: u64,
     /// Packets each client should receive in the window, if the run is bounded by packets.
     pub target_packets: Option<u64>,
+    /// Answer every data packet with a decoder message (`--closed-loop`).
+    pub closed_loop: bool,
     /// Figures over all clients.
     pub overall: &'a mut Overall,
 }
@@ -183,6 +185,11 @@ pub struct Stats {
     pub reached_target: bool,
     /// Reads that carried more than one data frame (their frames share one kernel stamp).
     pub multi_frame_reads: u64,
+    /// Closed loop: answers written (whole, or begun with the rest kept for the next write).
+    pub answers_sent: u64,
+    /// Closed loop: answers not written because the socket would block or an earlier
+    /// answer's tail was still unsent.
+    pub answers_skipped: u64,
     last_arrival: Option<(u64, f64)>,
 }
 
@@ -213,6 +220,8 @@ impl Stats {
             first_packet_unix: None,
             reached_target: false,
             multi_frame_reads: 0,
+            answers_sent: 0,
+            answers_skipped: 0,
             last_arrival: None,
         }
     }
@@ -224,6 +233,8 @@ impl Stats {
 }
 
 impl Stats {
+    /// Handles one message; returns whether the client reached the packet target, and the
+    /// sequence number when the message was a data packet (to answer in closed loop).
     fn on_message(
         &mut self,
         format: Format,
@@ -231,7 +242,7 @@ impl Stats {
         frame_len: usize,
         ctx: &mut Ctx<'_>,
         times: Times,
-    ) -> bool {
+    ) -> (bool, Option<u64>) {
         if !self.metadata {
             match decode::full(format, payload) {
                 Ok(Message::Metadata { num_channels }) => {
@@ -243,7 +254,7 @@ impl Stats {
                 }
                 Err(e) => self.fail_check(format!("first message: {e}")),
             }
-            return false;
+            return (false, None);
         }
         let head = match decode::fast(format, payload) {
             Some(head) => {
@@ -259,16 +270,19 @@ impl Stats {
                     Ok(Message::Data(head, _)) => head,
                     Ok(Message::Metadata { .. }) => {
                         self.fail_check("second metadata message".into());
-                        return false;
+                        return (false, None);
                     }
                     Err(e) => {
                         self.fail_check(e);
-                        return false;
+                        return (false, None);
                     }
                 }
             }
         };
-        self.on_data(head, frame_len, ctx, times)
+        (
+            self.on_data(head, frame_len, ctx, times),
+            Some(head.sequence),
+        )
     }
 
     fn verify(&mut self, format: Format, payload: &[u8], fast: Head) {
@@ -430,6 +444,9 @@ pub struct Client {
     stream: Option<TcpStream>,
     buf: RecvBuf,
     close_sent: bool,
+    /// The unwritten tail of a frame the socket took only part of; it is written before any
+    /// other frame, because starting a new frame mid-frame would corrupt the stream.
+    out: Vec<u8>,
 }
 
 impl Client {
@@ -457,6 +474,7 @@ impl Client {
             stream: Some(stream),
             buf: RecvBuf::new(&upgraded.leftover),
             close_sent: false,
+            out: Vec::new(),
         })
     }
 
@@ -473,6 +491,7 @@ impl Client {
             stream: None,
             buf: RecvBuf::new(&[]),
             close_sent: false,
+            out: Vec::new(),
         }
     }
 
@@ -587,17 +606,67 @@ impl Client {
             }
             _ => {
                 let payload = &self.buf.pending()[start..end];
-                self.stats
-                    .on_message(self.format, payload, frame.len, ctx, times)
+                let (reached, sequence) =
+                    self.stats
+                        .on_message(self.format, payload, frame.len, ctx, times);
+                if let (true, Some(sequence)) = (ctx.closed_loop, sequence) {
+                    self.answer(sequence);
+                }
+                reached
             }
+        }
+    }
+
+    /// Closed loop: answers packet `sequence` as a decoder would, on the worker's thread right
+    /// after the read that delivered it, never waiting for the socket.
+    fn answer(&mut self, sequence: u64) {
+        let mut frame = [0u8; ws::ANSWER_MAX];
+        // Varies per packet and client; RFC 6455 requires a mask, not a secret one here.
+        let mask = (sequence.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self.id as u64) as u32;
+        let len = ws::answer_frame(&mut frame, sequence, mask.to_le_bytes());
+        if self.write_frame(&frame[..len]) {
+            self.stats.answers_sent += 1;
+        } else {
+            self.stats.answers_skipped += 1;
+        }
+    }
+
+    /// Writes the tail of an earlier partial frame; true when none is left.
+    fn flush(&mut self) -> bool {
+        let Some(stream) = self.stream.as_mut() else {
+            return false;
+        };
+        if !self.out.is_empty() {
+            if let Ok(n) = stream.write(&self.out) {
+                self.out.drain(..n);
+            }
+        }
+        self.out.is_empty()
+    }
+
+    /// Non-blocking write of one whole frame after any earlier tail: false (nothing written)
+    /// if the tail is still pending or the socket takes nothing; if it takes part, the rest is
+    /// kept for the next write. Write errors are left to the reads to notice (the server
+    /// closing), so that a failed close frame at the end of the run is not a failure.
+    fn write_frame(&mut self, frame: &[u8]) -> bool {
+        if !self.flush() {
+            return false;
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return false;
+        };
+        match stream.write(frame) {
+            Ok(n) => {
+                self.out.extend_from_slice(&frame[n..]);
+                true
+            }
+            Err(_) => false,
         }
     }
 
     /// Best-effort write of a small control frame (non-blocking; dropped if it does not fit).
     fn send(&mut self, bytes: &[u8]) {
-        if let Some(stream) = self.stream.as_mut() {
-            let _ = stream.write(bytes);
-        }
+        let _ = self.write_frame(bytes);
     }
 
     /// Starts the close handshake at the end of the run.

@@ -101,6 +101,14 @@ pub struct Args {
     /// Leave the sessions on the server afterwards (they are paused, then deleted, by default).
     #[arg(long)]
     pub keep_sessions: bool,
+    /// Closed loop: every client answers every data packet it receives, right after the read,
+    /// with a decoder message `{"type":"decoded","sequence_number":N,"vx":0,"vy":0}` (a masked
+    /// text frame; the server takes JSON text on MessagePack streams too), and the report adds
+    /// the server's round trip and matched/late/unknown/malformed counts. The velocities are
+    /// zeros: the fast path reads only the sequence number and timestamp, and this measures the
+    /// round trip, not decoding quality. An answer the socket cannot take is skipped, counted.
+    #[arg(long)]
+    pub closed_loop: bool,
     /// Print the report as JSON on stdout (progress stays on stderr).
     #[arg(long)]
     pub json: bool,

@@ -208,6 +208,40 @@ pub struct MetricsCheck {
     pub schedule_resets: u64,
 }
 
+/// Closed loop (`--closed-loop`): the answers the clients wrote and what the server made of
+/// them, from the `decoder` section of each client in `/metrics`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClosedLoopReport {
+    /// Answers written, all clients, since connect.
+    pub answers_sent: u64,
+    /// Answers skipped because the socket would block, all clients.
+    pub answers_skipped: u64,
+    /// Clients of the run with a `decoder` section in `/metrics`.
+    pub clients_reporting: usize,
+    /// Packet written → its answer read by the server (server's histogram), ms: p50 of each
+    /// client, spread over clients.
+    pub round_trip_ms_p50: Spread,
+    /// The same for p99.
+    pub round_trip_ms_p99: Spread,
+    /// The same for the largest round trip.
+    pub round_trip_ms_max: Spread,
+    /// Answers the server matched to a packet it still remembered, all clients.
+    pub matched: u64,
+    /// Answers to packets too old for the server to remember.
+    pub late: u64,
+    /// Answers to sequence numbers the server never sent to that client.
+    pub unknown: u64,
+    /// Messages the server could not read as a decoder answer.
+    pub malformed: u64,
+    /// answers_sent − (matched + late), when positive: answers the server did not count.
+    pub unaccounted: u64,
+    /// Answers that may still be in flight when /metrics is read (2 per client); more
+    /// unaccounted answers than this is flagged.
+    pub tolerance: u64,
+    /// Unaccounted answers beyond the tolerance.
+    pub flagged: bool,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ClientRow {
     pub id: usize,
@@ -228,6 +262,8 @@ pub struct ClientRow {
     pub server_packets_sent: Option<u64>,
     pub server_dropped: Option<u64>,
     pub handshake_ms: f64,
+    pub answers_sent: u64,
+    pub answers_skipped: u64,
 }
 
 /// The whole report.
@@ -255,6 +291,8 @@ pub struct Report {
     pub server: Option<ServerReport>,
     pub loadgen: LoadgenReport,
     pub metrics: MetricsCheck,
+    /// Only with `--closed-loop`.
+    pub closed_loop: Option<ClosedLoopReport>,
     pub sessions_deleted: usize,
     pub per_client: Vec<ClientRow>,
 }
@@ -332,6 +370,10 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         .min_by(f64::total_cmp);
 
     let (metrics, per_client_server) = check_metrics(&inputs, &connected);
+
+    let closed_loop = args
+        .closed_loop
+        .then(|| closed_loop_report(&inputs, &connected));
 
     let per_packet = |seconds: f64| seconds * 1e6 / (window.max(1) as f64);
     let server = args.server_pid.map(|pid| {
@@ -439,6 +481,8 @@ pub fn build(inputs: Inputs<'_>) -> Report {
                 server_packets_sent: server.map(|(sent, _)| sent),
                 server_dropped: server.map(|(_, dropped)| dropped),
                 handshake_ms: c.connect_time.as_secs_f64() * 1e3,
+                answers_sent: s.answers_sent,
+                answers_skipped: s.answers_skipped,
             }
         })
         .collect();
@@ -460,6 +504,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         server,
         loadgen,
         metrics,
+        closed_loop,
         sessions_deleted: inputs.deleted,
         per_client,
     }
@@ -538,6 +583,58 @@ fn check_metrics(
         .collect();
     check.memory_bytes_per_session = Spread::of(memory);
     (check, per_client)
+}
+
+/// Sums the clients' answers and reads the server's `decoder` section of each of the run's
+/// clients (matched by address) from `/metrics`.
+fn closed_loop_report(inputs: &Inputs<'_>, connected: &[&Client]) -> ClosedLoopReport {
+    let mut report = ClosedLoopReport {
+        answers_sent: connected.iter().map(|c| c.stats.answers_sent).sum(),
+        answers_skipped: connected.iter().map(|c| c.stats.answers_skipped).sum(),
+        tolerance: 2 * connected.len() as u64,
+        ..ClosedLoopReport::default()
+    };
+    let ours: std::collections::HashSet<String> = connected
+        .iter()
+        .filter_map(|c| c.local.map(|a| a.to_string()))
+        .collect();
+    let (mut p50, mut p99, mut max) = (Vec::new(), Vec::new(), Vec::new());
+    if let Ok(doc) = &inputs.metrics {
+        let sessions = &doc["metrics"]["sessions"];
+        for code in inputs.codes {
+            for c in sessions[code.as_str()]["clients"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let d = &c["decoder"];
+                if !d.is_object() || !c["remote"].as_str().is_some_and(|r| ours.contains(r)) {
+                    continue;
+                }
+                report.clients_reporting += 1;
+                let count = |key: &str| d[key].as_u64().unwrap_or(0);
+                report.matched += count("matched");
+                report.late += count("late");
+                report.unknown += count("unknown");
+                report.malformed += count("malformed");
+                let rt = &d["round_trip_ms"];
+                // A client without a matched answer has an empty histogram: leave it out.
+                if rt["count"].as_u64().unwrap_or(0) > 0 {
+                    p50.push(rt["p50"].as_f64().unwrap_or(0.0));
+                    p99.push(rt["p99"].as_f64().unwrap_or(0.0));
+                    max.push(rt["max"].as_f64().unwrap_or(0.0));
+                }
+            }
+        }
+    }
+    report.round_trip_ms_p50 = Spread::of(p50);
+    report.round_trip_ms_p99 = Spread::of(p99);
+    report.round_trip_ms_max = Spread::of(max);
+    report.unaccounted = report
+        .answers_sent
+        .saturating_sub(report.matched + report.late);
+    report.flagged = report.unaccounted > report.tolerance;
+    report
 }
 
 fn mib(bytes: f64) -> String {
@@ -680,6 +777,42 @@ impl Report {
             kib(m.memory_bytes_per_session.median),
             kib(m.memory_bytes_per_session.max)
         );
+        if let Some(cl) = &self.closed_loop {
+            let _ = writeln!(
+                o,
+                "\nclosed loop ({} clients reported by the server)",
+                cl.clients_reporting
+            );
+            let _ = writeln!(
+                o,
+                "  {:<28} sent {} / skipped {} (socket full)",
+                "answers", cl.answers_sent, cl.answers_skipped
+            );
+            let _ = writeln!(
+                o,
+                "  {:<28} p50 {:.3}/{:.3}  p99 {:.3}/{:.3}  max {:.3}/{:.3}   (median / max over clients)",
+                "round trip ms (server)",
+                cl.round_trip_ms_p50.median,
+                cl.round_trip_ms_p50.max,
+                cl.round_trip_ms_p99.median,
+                cl.round_trip_ms_p99.max,
+                cl.round_trip_ms_max.median,
+                cl.round_trip_ms_max.max
+            );
+            let _ = writeln!(
+                o,
+                "  {:<28} matched {}, late {}, unknown {}, malformed {}",
+                "server counted", cl.matched, cl.late, cl.unknown, cl.malformed
+            );
+            let _ = writeln!(
+                o,
+                "  {:<28} {} answers sent but neither matched nor late (tolerance {}){}",
+                "cross-check answers",
+                cl.unaccounted,
+                cl.tolerance,
+                if cl.flagged { "  MISMATCH" } else { "" }
+            );
+        }
         if let Some(s) = &self.server {
             let _ = writeln!(o, "\nserver process {} (from /proc)", s.pid);
             let _ = writeln!(

@@ -168,6 +168,7 @@ pub fn run(args: &Args) -> Result<Report, String> {
         packets: 0.into(),
         verify_every: args.verify_every,
         target_packets: args.packets,
+        closed_loop: args.closed_loop,
         coalesce: Duration::from_micros(args.coalesce_us),
     });
 

@@ -47,6 +47,8 @@ pub struct Shared {
     pub verify_every: u64,
     /// Packets per client in the window, if bounded by packets.
     pub target_packets: Option<u64>,
+    /// Answer every data packet with a decoder message (`--closed-loop`).
+    pub closed_loop: bool,
     /// After a wait that returned events, sleep this long so the next wait collects more.
     pub coalesce: Duration,
 }
@@ -130,6 +132,7 @@ pub fn run(
             measuring: phase == PHASE_MEASURE,
             verify_every: shared.verify_every,
             target_packets: shared.target_packets,
+            closed_loop: shared.closed_loop,
             overall: &mut overall,
         };
         while let Ok(mut client) = incoming.try_recv() {
@@ -193,6 +196,8 @@ fn close_all(
         measuring: false,
         verify_every: 0,
         target_packets: None,
+        // The run is over: no more answers, only the close handshake.
+        closed_loop: false,
         overall,
     };
     while clients.iter().any(Client::is_open) && Instant::now() < deadline {

@@ -164,6 +164,35 @@ pub fn client_frame(opcode: OpCode, payload: Vec<u8>) -> Vec<u8> {
     out
 }
 
+/// Room for one answer frame: 2 header bytes, 4 mask bytes and a JSON payload under 126 bytes
+/// (so the 7-bit length form always fits).
+pub const ANSWER_MAX: usize = 2 + 4 + 125;
+
+/// Writes into `out` the masked text frame answering packet `sequence` in closed-loop mode,
+/// `{"type":"decoded","sequence_number":N,"vx":0,"vy":0}`, and returns its length. Built by
+/// hand into a stack buffer because it is written once per packet per client: no allocation.
+/// The mask need not be secret here (it guards proxies, and this is loopback); it only has to
+/// be present, as RFC 6455 requires of every client frame.
+pub fn answer_frame(out: &mut [u8; ANSWER_MAX], sequence: u64, mask: [u8; 4]) -> usize {
+    const PREFIX: &[u8] = br#"{"type":"decoded","sequence_number":"#;
+    const SUFFIX: &[u8] = br#","vx":0,"vy":0}"#;
+    let mut digits = itoa::Buffer::new();
+    let number = digits.format(sequence).as_bytes();
+    let len = PREFIX.len() + number.len() + SUFFIX.len();
+    // At most 36 + 20 + 15 = 71 bytes: the 7-bit length form.
+    out[0] = 0x80 | 0x1;
+    out[1] = 0x80 | len as u8;
+    out[2..6].copy_from_slice(&mask);
+    let payload = &mut out[6..6 + len];
+    payload[..PREFIX.len()].copy_from_slice(PREFIX);
+    payload[PREFIX.len()..PREFIX.len() + number.len()].copy_from_slice(number);
+    payload[PREFIX.len() + number.len()..].copy_from_slice(SUFFIX);
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+    6 + len
+}
+
 /// A masked close frame with code 1000.
 pub fn close_frame() -> Vec<u8> {
     let mut payload = 1000u16.to_be_bytes().to_vec();
@@ -212,6 +241,32 @@ mod tests {
         let mut fragment = server_frame(0x2, b"ab");
         fragment[0] &= 0x7f;
         assert!(parse_frame(&fragment).is_err());
+    }
+
+    #[test]
+    fn answer_frames_are_masked_json_text() {
+        let mut out = [0u8; ANSWER_MAX];
+        for sequence in [0, 7, u64::MAX] {
+            let mask = [0x12, 0x34, 0x56, 0x78];
+            let len = answer_frame(&mut out, sequence, mask);
+            // Read back as a server would: tungstenite parses the header and unmasks.
+            let mut cursor = Cursor::new(&out[..len]);
+            let (header, length) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            assert!(header.is_final);
+            assert_eq!(header.opcode, OpCode::Data(Data::Text));
+            assert_eq!(header.mask, Some(mask));
+            let start = cursor.position() as usize;
+            assert_eq!(start + length as usize, len);
+            let mut payload = out[start..len].to_vec();
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= mask[i % 4];
+            }
+            let value: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            assert_eq!(
+                value,
+                serde_json::json!({"type": "decoded", "sequence_number": sequence, "vx": 0, "vy": 0})
+            );
+        }
     }
 
     #[test]
