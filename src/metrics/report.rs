@@ -663,6 +663,17 @@ struct Row<'a> {
     clients: Vec<String>,
 }
 
+/// Every client that has answered as a decoder, with its `session=…,client=…` label.
+fn decoders<'a>(rows: &'a [Row<'a>]) -> impl Iterator<Item = (&'a DecoderStats, &'a str)> + 'a {
+    rows.iter().flat_map(|row| {
+        row.state
+            .clients
+            .iter()
+            .zip(&row.clients)
+            .filter_map(|(c, label)| c.decoder.get().map(|d| (&**d, label.as_str())))
+    })
+}
+
 /// The Prometheus text exposition (0.0.4, or OpenMetrics 1.0 ending in `# EOF`).
 pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) -> String {
     let mut x = Exposition::new(openmetrics, 16 * 1024 + registry.live_clients() * 4096);
@@ -933,50 +944,32 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
         "histogram",
         "Packet written to a client's decoder answer for it received.",
     );
-    for Row {
-        state: st,
-        clients: labels,
-        ..
-    } in &rows
-    {
-        for (c, client_label) in st.clients.iter().zip(labels) {
-            if let Some(d) = c.decoder.get() {
-                x.histogram(
-                    "phantomlink_decoder_round_trip_seconds",
-                    client_label,
-                    &d.round_trip,
-                );
-            }
-        }
+    for (d, client_label) in decoders(&rows) {
+        x.histogram(
+            "phantomlink_decoder_round_trip_seconds",
+            client_label,
+            &d.round_trip,
+        );
     }
     x.family(
         "phantomlink_decoder_messages_total",
         "counter",
         "Decoder messages by outcome: matched, late, unknown (never sent), malformed.",
     );
-    for Row {
-        state: st,
-        clients: labels,
-        ..
-    } in &rows
-    {
-        for (c, client_label) in st.clients.iter().zip(labels) {
-            if let Some(d) = c.decoder.get() {
-                for (outcome, n) in [
-                    ("outcome=\"matched\"", &d.matched),
-                    ("outcome=\"late\"", &d.late),
-                    ("outcome=\"unknown\"", &d.unknown),
-                    ("outcome=\"malformed\"", &d.malformed),
-                ] {
-                    x.line(
-                        "phantomlink_decoder_messages_total",
-                        "",
-                        client_label,
-                        outcome,
-                        n.load(Relaxed),
-                    );
-                }
-            }
+    for (d, client_label) in decoders(&rows) {
+        for (outcome, n) in [
+            ("outcome=\"matched\"", &d.matched),
+            ("outcome=\"late\"", &d.late),
+            ("outcome=\"unknown\"", &d.unknown),
+            ("outcome=\"malformed\"", &d.malformed),
+        ] {
+            x.line(
+                "phantomlink_decoder_messages_total",
+                "",
+                client_label,
+                outcome,
+                n.load(Relaxed),
+            );
         }
     }
     for (name, help, unit_scale, pick) in [
@@ -994,22 +987,13 @@ pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) ->
         ),
     ] {
         x.family(name, "summary", help);
-        for Row {
-            state: st,
-            clients: labels,
-            ..
-        } in &rows
-        {
-            for (c, client_label) in st.clients.iter().zip(labels) {
-                if let Some(d) = c.decoder.get() {
-                    let hist = if pick == 0 {
-                        &d.velocity_error
-                    } else {
-                        &d.position_error
-                    };
-                    x.summary(name, client_label, hist, unit_scale);
-                }
-            }
+        for (d, client_label) in decoders(&rows) {
+            let hist = if pick == 0 {
+                &d.velocity_error
+            } else {
+                &d.position_error
+            };
+            x.summary(name, client_label, hist, unit_scale);
         }
     }
     drop(rows);
