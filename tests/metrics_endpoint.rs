@@ -188,12 +188,22 @@ fn check_json(doc: &Value, receivers: &[(&str, &Receiver, &str)]) {
         );
         assert!(f(c, "bandwidth_bps") > 0.0);
         // The server's measure (tick to write returned) cannot exceed what the client sees
-        // (tick to read), quantile by quantile; allow the histogram's 1 % and clock reads.
-        for (key, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
+        // (tick to read), quantile by quantile, beyond the histogram's 1 % and clock reads —
+        // except for a writer preempted right after its send: the send wakes the client's
+        // reader, which may take the writer's CPU, and the writer then reads the clock late
+        // while its client already has the packet. On a loaded machine (tests run without
+        // real-time priority, beside other jobs) that is a scheduler slice, a few ms, for the
+        // few packets in the tail of ~120.
+        for (key, q, slack_ms) in [
+            ("p50", 0.5, 1.0),
+            ("p90", 0.9, 1.0),
+            ("p99", 0.99, 6.0),
+            ("max", 1.0, 6.0),
+        ] {
             let server = f(&c["network_latency_ms"], key);
             let seen = receiver.latency_quantile(q);
             assert!(
-                server <= seen * 1.01 + 1.0,
+                server <= seen * 1.01 + slack_ms,
                 "{code}/{format}: server {key} {server} ms above the client's own {seen} ms"
             );
         }
