@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::client_frame as frame;
 use common::*;
 use serde_json::Value;
 
@@ -182,32 +183,6 @@ impl Corpus {
             expect,
         );
     }
-}
-
-/// A client frame: `fin`, `rsv` bits, `opcode`, masked unless told, with the length encoded
-/// in its shortest form (or as `len_override` when given, to lie about it).
-fn frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-    let mut out = vec![(u8::from(fin) << 7) | (rsv << 4) | opcode];
-    let mask_bit = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => out.push(mask_bit | n as u8),
-        n if n < 65536 => {
-            out.push(mask_bit | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(mask_bit | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    if masked {
-        let key = [0xa1, 0xb2, 0xc3, 0xd4];
-        out.extend_from_slice(&key);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    } else {
-        out.extend_from_slice(payload);
-    }
-    out
 }
 
 fn text(payload: &[u8]) -> Vec<u8> {

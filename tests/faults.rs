@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde::Deserialize;
 use serde_json::Value;
-use socket2::{Domain, Protocol, Socket, Type};
 use tungstenite::Message;
 
 const SESSIONS: usize = 4;
@@ -141,28 +140,6 @@ fn good_client(mut client: WsClient, stop: Arc<AtomicBool>) -> JoinHandle<GoodSt
 // ---------------------------------------------------------------------------------------------
 // Raw WebSocket helpers for the faulty clients
 
-/// A TCP connection upgraded by hand to `path` (so the test controls every byte after it).
-/// `recv_buffer` shrinks the receive buffer (a client that will not read).
-fn raw_upgrade(addr: SocketAddr, path: &str, recv_buffer: Option<usize>) -> TcpStream {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-    if let Some(size) = recv_buffer {
-        socket.set_recv_buffer_size(size).unwrap();
-    }
-    socket.connect_timeout(&addr.into(), IO_TIMEOUT).unwrap();
-    let mut stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
-    for (name, value) in UPGRADE_HEADERS {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let (status, _) = read_head(&mut stream).unwrap();
-    assert_eq!(status, 101, "{path}: not upgraded");
-    stream
-}
-
 /// How a raw connection ended, as the client saw it.
 #[derive(Debug)]
 struct Ending {
@@ -187,31 +164,6 @@ fn read_until_end(stream: &mut TcpStream, within: Duration) -> Ending {
         }
     }
     ending
-}
-
-/// A client frame: FIN set unless `fragment`, `rsv` bits, `opcode`, masked unless told.
-fn frame(opcode: u8, payload: &[u8], masked: bool, rsv: u8) -> Vec<u8> {
-    let mut out = vec![0x80 | (rsv << 4) | opcode];
-    let mask_bit = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => out.push(mask_bit | n as u8),
-        n if n < 65536 => {
-            out.push(mask_bit | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(mask_bit | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    if masked {
-        let key = [0x12, 0x34, 0x56, 0x78];
-        out.extend_from_slice(&key);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    } else {
-        out.extend_from_slice(payload);
-    }
-    out
 }
 
 /// Sends `bytes` after the handshake and returns the close code the server answers with.
@@ -328,23 +280,35 @@ fn misbehaving_clients_cost_the_others_nothing() {
     let garbage = std::thread::spawn(move || {
         let path = format!("/stream/{}", session(2));
         let cases: Vec<(&str, Vec<u8>, u16)> = vec![
-            ("unmasked text frame", frame(0x1, b"hello", false, 0), 1002),
+            (
+                "unmasked text frame",
+                client_frame(true, 0, 0x1, b"hello", false),
+                1002,
+            ),
             (
                 "invalid UTF-8 text",
-                frame(0x1, &[0xff, 0xfe, 0xfd], true, 0),
+                client_frame(true, 0, 0x1, &[0xff, 0xfe, 0xfd], true),
                 1002,
             ),
-            ("reserved data opcode 0x3", frame(0x3, b"x", true, 0), 1002),
+            (
+                "reserved data opcode 0x3",
+                client_frame(true, 0, 0x3, b"x", true),
+                1002,
+            ),
             (
                 "reserved control opcode 0xB",
-                frame(0xB, b"x", true, 0),
+                client_frame(true, 0, 0xB, b"x", true),
                 1002,
             ),
-            ("RSV1 without an extension", frame(0x1, b"x", true, 4), 1002),
+            (
+                "RSV1 without an extension",
+                client_frame(true, 4, 0x1, b"x", true),
+                1002,
+            ),
             ("raw 0xff bytes", vec![0xff; 64], 1002),
             (
                 "100 KiB message",
-                frame(0x2, &vec![7u8; 100 * 1024], true, 0),
+                client_frame(true, 0, 0x2, &vec![7u8; 100 * 1024], true),
                 1009,
             ),
         ];

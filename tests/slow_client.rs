@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,30 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-use socket2::{Domain, Protocol, Socket, Type};
 
 const RING: u64 = 8;
 const STALL: Duration = Duration::from_secs(2);
-
-/// Connects with a tiny receive buffer, completes the WebSocket handshake by hand, and
-/// returns the socket, which the test then never reads until the end.
-fn connect_slow(addr: SocketAddr, path: &str) -> TcpStream {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect_timeout(&addr.into(), IO_TIMEOUT).unwrap();
-    let mut stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
-    for (name, value) in UPGRADE_HEADERS {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let (status, _) = read_head(&mut stream).unwrap();
-    assert_eq!(status, 101, "slow client was not upgraded");
-    stream
-}
 
 /// What the slow client finds when it finally reads: the frames that were buffered for it,
 /// then how the connection ended.
@@ -105,7 +83,7 @@ fn a_stalled_client_loses_packets_alone_and_is_closed() {
         })
     };
 
-    let mut slow = connect_slow(server.addr, &format!("/stream/{code}"));
+    let mut slow = raw_upgrade(server.addr, &format!("/stream/{code}"), Some(4096));
     let slow_addr = slow.local_addr().unwrap();
     let slow_connected = Instant::now();
 

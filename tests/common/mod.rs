@@ -936,3 +936,52 @@ pub fn server_frames(bytes: &[u8]) -> Vec<(u8, &[u8])> {
 pub fn close_code(payload: &[u8]) -> Option<u16> {
     (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]))
 }
+
+/// A client frame: `fin`, `rsv` bits, `opcode`, masked unless told, with the length encoded in
+/// its shortest form — for tests that send the server frames a library would refuse to build.
+pub fn client_frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut out = vec![(u8::from(fin) << 7) | (rsv << 4) | opcode];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(mask_bit | n as u8),
+        n if n < 65536 => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let key = [0xa1, 0xb2, 0xc3, 0xd4];
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// A TCP connection upgraded by hand to `path` (so the test controls every byte after it).
+/// `recv_buffer` shrinks the receive buffer (a client that will not read).
+pub fn raw_upgrade(addr: SocketAddr, path: &str, recv_buffer: Option<usize>) -> TcpStream {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    socket.connect_timeout(&addr.into(), IO_TIMEOUT).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (name, value) in UPGRADE_HEADERS {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let (status, _) = read_head(&mut stream).unwrap();
+    assert_eq!(status, 101, "{path}: not upgraded");
+    stream
+}
