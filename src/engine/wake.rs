@@ -9,7 +9,7 @@
 //! already woken is an atomic swap, so a tick costs one futex wake per pool thread rather
 //! than one per client. Never blocks, never allocates.
 
-use std::sync::atomic::{AtomicBool, Ordering::AcqRel};
+use std::sync::atomic::{AtomicBool, Ordering::AcqRel, Ordering::Release};
 use std::sync::Arc;
 use std::thread::Thread;
 
@@ -49,13 +49,20 @@ impl WriterWaker {
     }
 
     /// Marks the client ready without waking its thread. Returns `false` if the ready queue
-    /// was full (the pool thread then finds the client on its periodic sweep).
+    /// was full: the flag is then cleared again, so the next mark queues the client (the pool
+    /// sizes each queue to the server's client limit, so this does not happen in practice).
     #[inline]
     pub fn mark(&self) -> bool {
         match &self.ready {
             // AcqRel: the pool thread's swap(false) reads this write, so it sees everything
             // pushed into the ring before the mark.
-            Some(r) if !r.queued.swap(true, AcqRel) => r.queue.try_send(r.id).is_ok(),
+            Some(r) if !r.queued.swap(true, AcqRel) => {
+                let queued = r.queue.try_send(r.id).is_ok();
+                if !queued {
+                    r.queued.store(false, Release);
+                }
+                queued
+            }
             _ => true,
         }
     }
@@ -92,11 +99,14 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_is_reported() {
-        let (tx, _rx) = crossbeam_channel::bounded(1);
+    fn a_full_queue_is_reported_and_the_next_mark_retries() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
         let a = WriterWaker::pooled(std::thread::current(), tx.clone(), 1, Arc::default());
         let b = WriterWaker::pooled(std::thread::current(), tx, 2, Arc::default());
         assert!(a.mark());
         assert!(!b.mark());
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert!(b.mark(), "b's flag was cleared when its id did not fit");
+        assert_eq!(rx.try_recv(), Ok(2));
     }
 }
