@@ -115,25 +115,52 @@ fn the_counter_sees_allocations() {
     assert_eq!(n, 1, "the counting allocator must see a plain allocation");
 }
 
+/// A timing loop driven by hand, with what a test needs to feed and watch it.
+struct Rig {
+    table: Arc<PacketTable>,
+    commands: crossbeam_channel::Sender<Command>,
+    status: Arc<SessionStatus>,
+    timing: TimingLoop,
+}
+
+impl Rig {
+    /// A loop on the synthetic table: no spin, rings of `ring_capacity`, room for
+    /// `max_clients` subscribers.
+    fn new(ring_capacity: usize, max_clients: usize) -> Self {
+        let table = Arc::new(PacketTable::new(generate(&SyntheticConfig::default())).unwrap());
+        let (commands, commands_rx) = crossbeam_channel::bounded(64);
+        let status = Arc::new(SessionStatus::new());
+        let timing = TimingLoop::new(
+            Arc::clone(&table),
+            commands_rx,
+            Arc::clone(&status),
+            TimingConfig {
+                phase: Duration::ZERO,
+                epoch: Instant::now(),
+                stall_timeout: Duration::from_secs(10),
+                ring_capacity,
+                max_clients,
+                spin: SpinControl::fixed(Duration::ZERO),
+            },
+        );
+        Self {
+            table,
+            commands,
+            status,
+            timing,
+        }
+    }
+}
+
 #[test]
 fn steady_state_tick_does_not_allocate() {
-    let table = Arc::new(PacketTable::new(generate(&SyntheticConfig::default())).unwrap());
-    let (commands, commands_rx) = crossbeam_channel::bounded(64);
-    let status = Arc::new(SessionStatus::new());
     let ring_capacity = 16;
-    let mut timing = TimingLoop::new(
-        Arc::clone(&table),
-        commands_rx,
-        Arc::clone(&status),
-        TimingConfig {
-            phase: Duration::ZERO,
-            epoch: Instant::now(),
-            stall_timeout: Duration::from_secs(10),
-            ring_capacity,
-            max_clients: 8,
-            spin: SpinControl::fixed(Duration::ZERO),
-        },
-    );
+    let Rig {
+        table,
+        commands,
+        status,
+        mut timing,
+    } = Rig::new(ring_capacity, 8);
 
     // Two clients per format, as the server would subscribe them (control events may allocate).
     let mut rings = Vec::new();
@@ -248,23 +275,13 @@ fn steady_state_tick_does_not_allocate() {
 
 #[test]
 fn a_stalled_tap_drops_counted_without_allocating_or_holding_up_clients() {
-    let table = Arc::new(PacketTable::new(generate(&SyntheticConfig::default())).unwrap());
-    let (commands, commands_rx) = crossbeam_channel::bounded(64);
-    let status = Arc::new(SessionStatus::new());
     let ring_capacity = 16;
-    let mut timing = TimingLoop::new(
-        Arc::clone(&table),
-        commands_rx,
-        Arc::clone(&status),
-        TimingConfig {
-            phase: Duration::ZERO,
-            epoch: Instant::now(),
-            stall_timeout: Duration::from_secs(10),
-            ring_capacity,
-            max_clients: 2,
-            spin: SpinControl::fixed(Duration::ZERO),
-        },
-    );
+    let Rig {
+        table,
+        commands,
+        status,
+        mut timing,
+    } = Rig::new(ring_capacity, 2);
     let (producer, consumer) = RingBuffer::new(ring_capacity);
     let client = Arc::new(ClientShared::new(
         1,
