@@ -180,14 +180,19 @@ impl Writers {
     }
 }
 
-/// Times ticks of `rig` whose `clients` frames are drained by `writers`, letting them finish
-/// (outside the timed region) after each, then stops them.
+/// Hands each of `rig`'s rings to its writer through its slot, then times ticks of `rig`
+/// whose `clients` frames are drained by `writers`, letting them finish (outside the timed
+/// region) after each, then stops them.
 fn measure_with_writers(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     mut rig: Rig,
+    (rings, slots): (Vec<Option<Ring>>, &[RingSlot]),
     writers: Writers,
     clients: usize,
 ) {
+    for (slot, ring) in slots.iter().zip(rings) {
+        *slot.lock().unwrap() = ring;
+    }
     let mut expected = 0u64;
     for _ in 0..50 {
         rig.tick();
@@ -252,15 +257,12 @@ fn tick_parked_writers(c: &mut Criterion) {
         let (rig, rings) = Rig::new(&table, &formats, |i| {
             WriterWaker::thread(handles[i].thread().clone())
         });
-        for (slot, ring) in slots.iter().zip(rings) {
-            *slot.lock().unwrap() = ring;
-        }
         let writers = Writers {
             handles,
             stop,
             popped,
         };
-        measure_with_writers(&mut group, rig, writers, clients);
+        measure_with_writers(&mut group, rig, (rings, &slots), writers, clients);
     }
     group.finish();
 }
@@ -334,15 +336,12 @@ fn tick_pool_writers(c: &mut Criterion) {
                 Arc::clone(&flags[i]),
             )
         });
-        for (slot, ring) in slots.iter().zip(rings) {
-            *slot.lock().unwrap() = ring;
-        }
         let writers = Writers {
             handles,
             stop,
             popped,
         };
-        measure_with_writers(&mut group, rig, writers, clients);
+        measure_with_writers(&mut group, rig, (rings, &slots), writers, clients);
     }
     group.finish();
 }
