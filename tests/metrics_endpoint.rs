@@ -257,23 +257,19 @@ fn check_prometheus(x: &Exposition, doc: &Value, openmetrics: bool) {
             Some(u(&s["timing_error_ms"], "count") as f64),
             "{code}"
         );
-        assert_eq!(
-            x.value("phantomlink_packets_sent_total", &session),
-            Some(u(s, "packets_sent") as f64)
-        );
-        assert_eq!(
-            x.value("phantomlink_packets_dropped_total", &session),
-            Some(u(s, "dropped_packets") as f64)
-        );
-        assert_eq!(
-            x.value("phantomlink_packets_generated_total", &session),
-            Some(u(s, "packets_generated") as f64)
-        );
+        for (metric, field) in [
+            ("phantomlink_packets_sent_total", "packets_sent"),
+            ("phantomlink_packets_dropped_total", "dropped_packets"),
+            ("phantomlink_packets_generated_total", "packets_generated"),
+            ("phantomlink_session_memory_bytes", "memory_bytes"),
+        ] {
+            assert_eq!(
+                x.value(metric, &session),
+                Some(u(s, field) as f64),
+                "{code}: {metric}"
+            );
+        }
         assert_eq!(x.value("phantomlink_session_paused", &session), Some(1.0));
-        assert_eq!(
-            x.value("phantomlink_session_memory_bytes", &session),
-            Some(u(s, "memory_bytes") as f64)
-        );
         // Seconds in Prometheus, milliseconds in JSON: the same histogram.
         let sum = x
             .value("phantomlink_tick_lateness_seconds_sum", &session)
@@ -287,22 +283,30 @@ fn check_prometheus(x: &Exposition, doc: &Value, openmetrics: bool) {
         for c in s["clients"].as_array().unwrap() {
             let id = c["id"].to_string();
             let labels = [("session", code.as_str()), ("client", id.as_str())];
-            assert_eq!(
-                x.value("phantomlink_network_latency_seconds_count", &labels),
-                Some(u(&c["network_latency_ms"], "count") as f64)
-            );
-            assert_eq!(
-                x.value("phantomlink_ring_wait_seconds_count", &labels),
-                Some(u(&c["ring_wait_ms"], "count") as f64)
-            );
-            assert_eq!(
-                x.value("phantomlink_client_packets_sent_total", &labels),
-                Some(u(c, "packets_sent") as f64)
-            );
-            assert_eq!(
-                x.value("phantomlink_client_ring_high_water", &labels),
-                Some(u(c, "ring_high_water") as f64)
-            );
+            for (metric, json) in [
+                (
+                    "phantomlink_network_latency_seconds_count",
+                    u(&c["network_latency_ms"], "count"),
+                ),
+                (
+                    "phantomlink_ring_wait_seconds_count",
+                    u(&c["ring_wait_ms"], "count"),
+                ),
+                (
+                    "phantomlink_client_packets_sent_total",
+                    u(c, "packets_sent"),
+                ),
+                (
+                    "phantomlink_client_ring_high_water",
+                    u(c, "ring_high_water"),
+                ),
+            ] {
+                assert_eq!(
+                    x.value(metric, &labels),
+                    Some(json as f64),
+                    "{code}/{id}: {metric}"
+                );
+            }
             // Buckets span 1 µs to 25 ms, then +Inf.
             let les: Vec<String> = x
                 .samples("phantomlink_network_latency_seconds_bucket")
