@@ -7,10 +7,12 @@
 //! Must never: make a recording thread wait for a reader, or allocate on the recording side.
 
 pub mod histogram;
+pub(crate) mod json;
 mod summary;
 pub mod window;
 
 pub use histogram::{AtomicHistogram, Hist, HistConfig};
 pub use summary::LatencySummary;
 pub mod process;
+mod render_pool;
 pub mod report;

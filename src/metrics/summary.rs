@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use super::histogram::{AtomicHistogram, BlockCounts, BLOCK};
+use super::json::{json_object, WriteJson};
 use super::Hist;
 
 /// One distribution: milliseconds for latencies, the measured unit for decoding errors.
@@ -28,6 +29,24 @@ pub struct LatencySummary {
     pub p999: f64,
     /// Number of values.
     pub count: u64,
+}
+
+impl WriteJson for LatencySummary {
+    /// The bytes of the derived `Serialize` through serde_json, written directly: the
+    /// document holds thousands of summaries.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        json_object!(out;
+            "mean" => self.mean,
+            "std" => self.std,
+            "max" => self.max,
+            "min" => self.min,
+            "p50" => self.p50,
+            "p90" => self.p90,
+            "p99" => self.p99,
+            "p999" => self.p999,
+            "count" => self.count,
+        );
+    }
 }
 
 impl LatencySummary {
