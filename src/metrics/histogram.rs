@@ -293,6 +293,18 @@ pub trait BlockCounts {
     /// The counts of the buckets of block `block`, in order (slots past the histogram's last
     /// bucket are 0).
     fn buckets(&self, block: usize, out: &mut [u64; BLOCK]);
+    /// Calls `f` with the index and count of each bucket of block `block` in order, until it
+    /// returns false: summaries stop once the block holds no further percentile.
+    #[inline]
+    fn scan(&self, block: usize, mut f: impl FnMut(usize, u64) -> bool) {
+        let mut buckets = [0u64; BLOCK];
+        self.buckets(block, &mut buckets);
+        for (slot, &count) in buckets.iter().enumerate() {
+            if !f(block * BLOCK + slot, count) {
+                break;
+            }
+        }
+    }
     /// Exact sum and sum of squares of the values, in the histogram's unit.
     fn sums(&self) -> (u64, f64);
     /// The lowest and highest buckets in use, when known without opening blocks.
@@ -327,6 +339,18 @@ impl BlockCounts for AtomicHistogram {
         *out = [0; BLOCK];
         for (slot, count) in out.iter_mut().zip(&self.counts[start..end]) {
             *slot = u64::from(count.load(Relaxed));
+        }
+    }
+
+    /// Reads the atomics one by one as the scan goes, without copying the block.
+    #[inline]
+    fn scan(&self, block: usize, mut f: impl FnMut(usize, u64) -> bool) {
+        let start = block * BLOCK;
+        let end = (start + BLOCK).min(self.counts.len());
+        for (index, count) in (start..end).zip(&self.counts[start..end]) {
+            if !f(index, u64::from(count.load(Relaxed))) {
+                break;
+            }
         }
     }
 

@@ -72,29 +72,39 @@ impl LatencySummary {
         let mut found = [usize::MAX; 4];
         let (mut next, mut cumulative) = (0, 0u64);
         let (mut first, mut last) = (None, None);
-        let mut buckets = [0u64; BLOCK];
-        for block in range {
+        for block in range.clone() {
             let count = src.block(block);
             if count == 0 {
                 continue;
             }
+            if next == thresholds.len() {
+                // Every percentile found: only the last block in use is left to find, and
+                // it is nearer the end (distributions have long tails).
+                last = (block..range.end).rev().find(|&b| src.block(b) > 0);
+                break;
+            }
             first.get_or_insert(block);
             last = Some(block);
-            if next < found.len() && cumulative + count >= thresholds[next] {
-                src.buckets(block, &mut buckets);
-                let (mut inside, mut last_used) = (cumulative, BLOCK - 1);
-                for (slot, &n) in buckets.iter().enumerate().filter(|(_, &n)| n > 0) {
-                    inside += n;
-                    last_used = slot;
-                    while next < found.len() && inside >= thresholds[next] {
-                        found[next] = block * BLOCK + slot;
-                        next += 1;
+            // Within the block, until its count holds no further percentile.
+            let holds_next =
+                |next: usize| next < thresholds.len() && cumulative + count >= thresholds[next];
+            if holds_next(next) {
+                let (mut inside, mut last_used) = (cumulative, block * BLOCK + BLOCK - 1);
+                src.scan(block, |index, n| {
+                    if n > 0 {
+                        inside += n;
+                        last_used = index;
+                        while next < thresholds.len() && inside >= thresholds[next] {
+                            found[next] = index;
+                            next += 1;
+                        }
                     }
-                }
+                    holds_next(next)
+                });
                 // Buckets read after their block may not show all of its values yet: a
                 // threshold the block reaches falls on its last bucket seen in use.
-                while next < found.len() && cumulative + count >= thresholds[next] {
-                    found[next] = block * BLOCK + last_used;
+                while holds_next(next) {
+                    found[next] = last_used;
                     next += 1;
                 }
             }
@@ -119,8 +129,12 @@ impl LatencySummary {
                 },
             ),
             None => {
-                src.buckets(first, &mut buckets);
-                let min = first * BLOCK + buckets.iter().position(|&n| n > 0).unwrap_or(0);
+                let mut min = first * BLOCK;
+                src.scan(first, |index, n| {
+                    min = index;
+                    n == 0
+                });
+                let mut buckets = [0u64; BLOCK];
                 src.buckets(last, &mut buckets);
                 let max = last * BLOCK + buckets.iter().rposition(|&n| n > 0).unwrap_or(0);
                 (min, max.clamp(min, hist.bucket_len() - 1))
