@@ -3,9 +3,10 @@
 //! `Registry` through the public `Session::attach`, without sockets; their histograms hold
 //! realistic values, and every session's windows hold several 15 s intervals.
 //!
-//! Two measurements: criterion's (mean and median of batches), then `render_p99`, a plain loop
-//! of [`RENDERS`] renders, each timed on its own, printing p50/p99/max — the target is
-//! a p99, which criterion does not report.
+//! Two measurements: criterion's (mean and median of batches; besides the two renders, the
+//! client and window summaries of a render on one thread, where most of its time goes), then
+//! `render_p99`, a plain loop of [`RENDERS`] renders, each timed on its own, printing
+//! p50/p99/max — the target is a p99, which criterion does not report.
 //!
 //! `cargo bench --bench metrics`
 
@@ -19,8 +20,8 @@ use phantomlink::codec::WireFormat;
 use phantomlink::dataset::synthetic::{generate, SyntheticConfig};
 use phantomlink::dataset::PacketTable;
 use phantomlink::engine::{ClientShared, EngineConfig, Registry};
-use phantomlink::metrics::report;
 use phantomlink::metrics::window::ROTATE_EVERY;
+use phantomlink::metrics::{report, LatencySummary};
 
 const SESSIONS: usize = 100;
 const CLIENTS: usize = 10;
@@ -104,6 +105,37 @@ fn render_prometheus(registry: &Registry) -> usize {
     black_box(report::prometheus(black_box(registry), None, false).len())
 }
 
+/// The 2 000 client summaries of a render (latency and ring wait), on this thread.
+fn client_summaries(registry: &Registry) -> u64 {
+    let mut count = 0;
+    for session in registry.sessions() {
+        for client in &session.state().clients {
+            count += LatencySummary::of(&client.latency).count;
+            count += LatencySummary::of(&client.ring_wait).count;
+        }
+    }
+    black_box(count)
+}
+
+/// The 600 window summaries of a render (3 windows of 2 histograms per session).
+fn window_summaries(registry: &Registry) -> u64 {
+    let now = Instant::now();
+    let mut count = 0;
+    for session in registry.sessions() {
+        let state = session.state();
+        let status = session.status();
+        for summary in state
+            .lateness_windows
+            .summaries(&status.lateness, now, 1e6)
+            .iter()
+            .chain(&state.latency_windows.summaries(&status.latency, now, 1e6))
+        {
+            count += summary.count;
+        }
+    }
+    black_box(count)
+}
+
 fn render(c: &mut Criterion) {
     let registry = registry();
     let mut group = c.benchmark_group("metrics_100x10");
@@ -113,6 +145,13 @@ fn render(c: &mut Criterion) {
         .sample_size(20);
     group.bench_function("json", |b| b.iter(|| render_json(&registry)));
     group.bench_function("prometheus", |b| b.iter(|| render_prometheus(&registry)));
+    // Parts of the JSON render, each on one thread: where its time goes.
+    group.bench_function("client_summaries", |b| {
+        b.iter(|| client_summaries(&registry))
+    });
+    group.bench_function("window_summaries", |b| {
+        b.iter(|| window_summaries(&registry))
+    });
     group.finish();
     render_p99(&registry);
     registry.shut_down(Instant::now() + Duration::from_secs(2));
