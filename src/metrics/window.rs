@@ -288,17 +288,48 @@ impl Windows {
                 hist.block(b).saturating_sub(seen) as i64
             })
             .collect();
+        // Its lowest and highest buckets in use, also read once: with the first and last
+        // bucket of each interval (their counts are sorted), they bound every window without
+        // opening its first and last blocks.
+        let live_bucket = |block: usize, from_end: bool| {
+            let start = block * BLOCK;
+            let mut buckets = start..(start + BLOCK).min(hist.bucket_len());
+            let used = |&i: &usize| hist.bucket_count(i) > self.seen.get(i).copied().unwrap_or(0);
+            // A block whose count grew has a bucket that grew; the block's edge otherwise.
+            if from_end {
+                buckets.rfind(used).unwrap_or(start + BLOCK - 1)
+            } else {
+                buckets.find(used).unwrap_or(start)
+            }
+        };
+        let live_bounds = live
+            .iter()
+            .position(|&n| n > 0)
+            .zip(live.iter().rposition(|&n| n > 0))
+            .map(|(first, last)| {
+                (
+                    live_bucket(live_range.start + first, false),
+                    live_bucket(live_range.start + last, true),
+                )
+            });
         let mut blocks = Vec::new();
         let opened = RefCell::new(Vec::new());
         for (summary, (base, (_, span))) in out.iter_mut().zip(self.bases.iter().zip(WINDOWS)) {
             // Intervals whose membership changed since the rotation (usually none): one that
             // aged out is taken away, one read at the rotation's instant added.
             let mut corrections = Vec::new();
+            let mut bounds = live_bounds;
             for interval in &self.intervals {
                 let in_base = (base.oldest..base.end).contains(&interval.seq);
                 let in_window = now.duration_since(interval.start) <= span;
                 if in_base != in_window {
                     corrections.push((&interval.gained, if in_window { 1 } else { -1 }));
+                }
+                let counts = &interval.gained.counts;
+                if let (true, Some(first), Some(last)) = (in_window, counts.first(), counts.last())
+                {
+                    let (low, high) = (first.0 as usize, last.0 as usize);
+                    bounds = Some(bounds.map_or((low, high), |(l, h)| (l.min(low), h.max(high))));
                 }
             }
             let mut range = union(base.merged.block_range(), live_range.clone());
@@ -326,6 +357,7 @@ impl Windows {
                 range,
                 blocks: &blocks,
                 opened: &opened,
+                bounds,
             };
             *summary = LatencySummary::from_blocks(&window, per_unit);
         }
@@ -370,6 +402,9 @@ struct WindowCounts<'a> {
     /// Live bucket counts of the blocks opened so far, shared by the three windows (their
     /// percentiles often fall in the same blocks).
     opened: &'a RefCell<Vec<(usize, [i64; BLOCK])>>,
+    /// Lowest and highest bucket in use: of the live counts and of the intervals in the
+    /// window.
+    bounds: Option<(usize, usize)>,
 }
 
 impl BlockCounts for WindowCounts<'_> {
@@ -414,6 +449,10 @@ impl BlockCounts for WindowCounts<'_> {
         for (o, c) in out.iter_mut().zip(counts) {
             *o = c.max(0) as u64;
         }
+    }
+
+    fn bounds(&self) -> Option<(usize, usize)> {
+        self.bounds
     }
 
     fn sums(&self) -> (u64, f64) {
