@@ -2,15 +2,18 @@
 //! this host, for T seconds or N packets per client, measuring what the clients see (rate,
 //! sequence gaps, tick→receive latency, inter-arrival jitter), what the server spends (CPU,
 //! RSS, CPU per thread group, from `/proc` given its PID) and whether the server's own
-//! `/metrics` agrees with what was received.
+//! `/metrics` agrees with what was received. With `--metrics-every MS` it also times the
+//! server's answers to `GET /metrics` (JSON and Prometheus in turn, one every MS ms over a
+//! fresh connection) while the load runs.
 //!
 //! ```sh
 //! phantomlink-loadgen --url ws://127.0.0.1:8000 --sessions 100 --clients 10 --seconds 20 \
-//!     --server-pid "$(pgrep -nx phantomlink)" [--json]
+//!     --server-pid "$(pgrep -nx phantomlink)" [--metrics-every 100] [--json]
 //! ```
 
 mod client;
 mod decode;
+mod poll;
 mod procfs;
 mod report;
 mod run;
@@ -109,6 +112,13 @@ pub struct Args {
     /// round trip, not decoding quality. An answer the socket cannot take is skipped, counted.
     #[arg(long)]
     pub closed_loop: bool,
+    /// During the window, one more thread asks `GET /metrics` every MS milliseconds, JSON and
+    /// `?format=prometheus` in turn, each over a fresh connection as a scraper would (at most
+    /// 100 000 requests), and the report adds their response times per format (0: off). The
+    /// thread runs at normal priority, so its times include its own scheduling, like a real
+    /// scraper's; its CPU counts in the load generator's.
+    #[arg(long, value_name = "MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub metrics_every: u64,
     /// Print the report as JSON on stdout (progress stays on stderr).
     #[arg(long)]
     pub json: bool,

@@ -1,5 +1,6 @@
-//! The report: figures over all clients, per client, the server's resource use and its own
-//! `/metrics` cross-checked against what the clients received; as a table or as JSON.
+//! The report: figures over all clients, per client, the server's resource use, its own
+//! `/metrics` cross-checked against what the clients received and, with `--metrics-every`,
+//! how fast `/metrics` answered under the load; as a table or as JSON.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -9,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::client::{hist, Client, Hist, Overall, State, END_OF_RUN};
+use crate::poll::{FormatTimes, PollResult};
 use crate::procfs::{thread_delta, GroupCpu, ProcSample, ThreadTimes};
 use crate::Args;
 
@@ -45,6 +47,7 @@ pub struct Inputs<'a> {
     pub threads: Option<(ThreadTimes, ThreadTimes)>,
     pub samples: ServerSamples,
     pub metrics: Result<Value, String>,
+    pub metrics_poll: Option<PollResult>,
     pub pause_failures: usize,
     pub deleted: usize,
     pub elapsed: Duration,
@@ -242,6 +245,67 @@ pub struct ClosedLoopReport {
     pub flagged: bool,
 }
 
+/// `/metrics` timed while the load ran (`--metrics-every`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MetricsPollReport {
+    /// Time between requests, ms.
+    pub interval_ms: u64,
+    /// `GET /metrics`, `Accept: application/json`.
+    pub json: PollFormatReport,
+    /// `GET /metrics?format=prometheus`.
+    pub prometheus: PollFormatReport,
+    /// Non-200 answers and I/O errors, both formats.
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// The poller stopped at its request cap before the window ended.
+    pub capped: bool,
+}
+
+/// One format's requests while loaded; times are of the 200 answers only.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PollFormatReport {
+    pub requests: u64,
+    pub ok: u64,
+    pub non_200: u64,
+    pub io_errors: u64,
+    /// Just before connecting → body read to its end (what a scraper waits), µs.
+    pub response_us: Micros,
+    /// Request written → first byte of the answer, µs.
+    pub first_byte_us: Micros,
+    /// Body bytes of the 200 answers.
+    pub body_bytes_mean: f64,
+    pub body_bytes_max: u64,
+}
+
+impl PollFormatReport {
+    fn of(t: &FormatTimes) -> Self {
+        Self {
+            requests: t.requests,
+            ok: t.ok,
+            non_200: t.non_200,
+            io_errors: t.io_errors,
+            response_us: Micros::of(&t.total),
+            first_byte_us: Micros::of(&t.first_byte),
+            body_bytes_mean: t.bytes_sum as f64 / t.ok.max(1) as f64,
+            body_bytes_max: t.bytes_max,
+        }
+    }
+}
+
+impl MetricsPollReport {
+    fn of(p: &PollResult) -> Self {
+        let errors = |t: &FormatTimes| t.non_200 + t.io_errors;
+        Self {
+            interval_ms: p.interval.as_millis() as u64,
+            json: PollFormatReport::of(&p.json),
+            prometheus: PollFormatReport::of(&p.prometheus),
+            errors: errors(&p.json) + errors(&p.prometheus),
+            first_error: p.first_error.clone(),
+            capped: p.capped,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ClientRow {
     pub id: usize,
@@ -291,6 +355,8 @@ pub struct Report {
     pub server: Option<ServerReport>,
     pub loadgen: LoadgenReport,
     pub metrics: MetricsCheck,
+    /// Only with `--metrics-every`.
+    pub metrics_poll: Option<MetricsPollReport>,
     /// Only with `--closed-loop`.
     pub closed_loop: Option<ClosedLoopReport>,
     pub sessions_deleted: usize,
@@ -504,6 +570,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         server,
         loadgen,
         metrics,
+        metrics_poll: inputs.metrics_poll.as_ref().map(MetricsPollReport::of),
         closed_loop,
         sessions_deleted: inputs.deleted,
         per_client,
@@ -777,6 +844,58 @@ impl Report {
             kib(m.memory_bytes_per_session.median),
             kib(m.memory_bytes_per_session.max)
         );
+        if let Some(mp) = &self.metrics_poll {
+            let _ = writeln!(
+                o,
+                "\n/metrics while loaded (GET every {} ms, fresh connection each, JSON and Prometheus in turn; {} errors{})",
+                mp.interval_ms,
+                mp.errors,
+                if mp.capped { "; stopped at the request cap" } else { "" }
+            );
+            let _ = writeln!(
+                o,
+                "  {:<28} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
+                "ms", "requests", "p50", "p90", "p99", "max", "mean", "body (mean)"
+            );
+            for (name, f) in [("json", &mp.json), ("prometheus", &mp.prometheus)] {
+                for (what, m, body) in [
+                    (
+                        "",
+                        &f.response_us,
+                        format!(" {:>11}", kib(f.body_bytes_mean)),
+                    ),
+                    (", first byte", &f.first_byte_us, String::new()),
+                ] {
+                    let ms = |us: f64| us / 1e3;
+                    let _ = writeln!(
+                        o,
+                        "  {:<28} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}{body}",
+                        format!("{name}{what}"),
+                        f.requests,
+                        ms(m.p50),
+                        ms(m.p90),
+                        ms(m.p99),
+                        ms(m.max),
+                        ms(m.mean),
+                    );
+                }
+            }
+            if mp.errors > 0 || mp.first_error.is_some() {
+                let _ = writeln!(
+                    o,
+                    "  {:<28} json non-200 {} I/O {}; prometheus non-200 {} I/O {}{}",
+                    "errors",
+                    mp.json.non_200,
+                    mp.json.io_errors,
+                    mp.prometheus.non_200,
+                    mp.prometheus.io_errors,
+                    mp.first_error
+                        .as_ref()
+                        .map(|e| format!(" (first: {e})"))
+                        .unwrap_or_default()
+                );
+            }
+        }
         if let Some(cl) = &self.closed_loop {
             let _ = writeln!(
                 o,

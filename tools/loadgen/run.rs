@@ -1,5 +1,6 @@
 //! The course of a run: wait for the server, (pre-create sessions), connect every client,
-//! warm up, measure, pause the sessions so counts settle, read `/metrics`, close, clean up.
+//! warm up, measure (polling `/metrics` meanwhile with `--metrics-every`), pause the sessions
+//! so counts settle, read `/metrics`, close, clean up.
 //! Every phase is bounded in time; the run stops by itself.
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::client::Client;
 use crate::decode::Format;
+use crate::poll::{self, PollResult};
 use crate::procfs::{self, ProcSample};
 use crate::report::{self, Inputs, Report, ServerSamples};
 use crate::target::Target;
@@ -172,6 +174,20 @@ pub fn run(args: &Args) -> Result<Report, String> {
         coalesce: Duration::from_micros(args.coalesce_us),
     });
 
+    // Started now so that a failure to spawn it ends the run before any client connects; it
+    // waits for the window to open.
+    let poller = if args.metrics_every > 0 {
+        let shared = Arc::clone(&shared);
+        let interval = Duration::from_millis(args.metrics_every);
+        let handle = std::thread::Builder::new()
+            .name("lg-metrics-poll".into())
+            .spawn(move || poll::run(target, interval, HTTP_TIMEOUT, &shared, hard_deadline))
+            .map_err(|e| format!("spawning the /metrics poller: {e}"))?;
+        Some((handle, interval))
+    } else {
+        None
+    };
+
     // Workers first, so connected clients are read from the moment they exist.
     let mut senders = Vec::new();
     let mut workers = Vec::new();
@@ -271,6 +287,14 @@ pub fn run(args: &Args) -> Result<Report, String> {
     let own_cpu = procfs::own_cpu().saturating_sub(own_start);
     let server_end = watch.sample();
     let threads_end = args.server_pid.map(procfs::thread_times);
+    // Before pausing: the poller may finish a request it started inside the window.
+    let metrics_poll = poller.map(|(handle, interval)| {
+        handle.join().unwrap_or_else(|_| {
+            let mut result = PollResult::new(interval);
+            result.first_error = Some("the /metrics poller panicked".into());
+            result
+        })
+    });
 
     // Pause every session so the server's counters stop, let packets in flight arrive, then
     // read /metrics while the clients are still connected.
@@ -318,6 +342,7 @@ pub fn run(args: &Args) -> Result<Report, String> {
         threads: threads_start.zip(threads_end),
         samples: watch.samples,
         metrics,
+        metrics_poll,
         pause_failures,
         deleted,
         elapsed: started.elapsed(),

@@ -1,9 +1,10 @@
 //! Where the load goes: a `ws://` URL restricted to loopback, and a minimal blocking HTTP
-//! client for the REST calls the load generator makes (create, pause, delete, `/metrics`).
+//! client for the REST calls the load generator makes (create, pause, delete, `/metrics`),
+//! which also times each answer for `--metrics-every`.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A server on this host.
 #[derive(Debug, Clone, Copy)]
@@ -66,16 +67,76 @@ impl Target {
 
     /// One HTTP/1.1 request with an empty body (`Connection: close`); the whole answer.
     pub fn http(&self, method: &str, path: &str, timeout: Duration) -> io::Result<HttpResponse> {
-        let mut stream = self.connect(timeout)?;
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-            self.host_header()
-        )?;
-        let mut raw = Vec::with_capacity(64 * 1024);
-        stream.read_to_end(&mut raw)?;
-        HttpResponse::parse(&raw)
+        self.request(method, path, "application/json", timeout)
+            .map(|timed| timed.response)
     }
+
+    /// One HTTP/1.1 request with an empty body over a fresh connection (`Connection: close`),
+    /// asking for `accept`; the whole answer and how long it took. `timeout` bounds the whole
+    /// request, not only each socket call, so a server trickling its answer cannot stall a run.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        accept: &str,
+        timeout: Duration,
+    ) -> io::Result<Timed> {
+        // One write: `write!` on a bare socket would send the request in several segments.
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAccept: {accept}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            self.host_header()
+        );
+        let start = Instant::now();
+        let mut stream = self.connect(timeout)?;
+        stream.write_all(request.as_bytes())?;
+        let sent = Instant::now();
+        let mut first_byte = None;
+        // Grown by doubling and truncated once, so zeroing costs little of the time measured.
+        let mut raw = vec![0; READ_CHUNK];
+        let mut filled = 0;
+        loop {
+            if start.elapsed() > timeout {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no complete answer within {timeout:?}"),
+                ));
+            }
+            if raw.len() - filled < READ_CHUNK / 4 {
+                raw.resize(raw.len() * 2, 0);
+            }
+            match stream.read(&mut raw[filled..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    filled += n;
+                    first_byte.get_or_insert_with(|| sent.elapsed());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        raw.truncate(filled);
+        let total = start.elapsed();
+        let response = HttpResponse::parse(&raw)?;
+        Ok(Timed {
+            first_byte: first_byte.unwrap_or(total),
+            total,
+            response,
+        })
+    }
+}
+
+/// Initial size of the buffer an HTTP answer is read into.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// An HTTP answer and its timing.
+#[derive(Debug)]
+pub struct Timed {
+    /// Request written → first byte of the answer read.
+    pub first_byte: Duration,
+    /// Just before connecting → the answer read to its end (what a scraper waits).
+    pub total: Duration,
+    /// The answer.
+    pub response: HttpResponse,
 }
 
 /// A parsed HTTP response.
@@ -162,6 +223,42 @@ mod tests {
         assert!(Target::parse("ws://0.0.0.0:8000").is_err());
         assert!(Target::parse("wss://127.0.0.1:8000").is_err());
         assert!(Target::parse("ws://127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn a_request_is_answered_and_timed() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = Target {
+            addr: listener.local_addr().unwrap(),
+        };
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut byte = [0; 1];
+            while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
+                request.push(byte[0]);
+            }
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                .unwrap();
+            String::from_utf8(request).unwrap()
+        });
+        let timed = target
+            .request(
+                "GET",
+                "/metrics?format=prometheus",
+                "text/plain",
+                Duration::from_secs(5),
+            )
+            .unwrap();
+        let request = server.join().unwrap();
+        assert!(request.starts_with("GET /metrics?format=prometheus HTTP/1.1\r\n"));
+        assert!(request.contains("\r\nAccept: text/plain\r\n"), "{request}");
+        assert_eq!(
+            (timed.response.status, timed.response.body.as_slice()),
+            (200, &b"hello"[..])
+        );
+        assert!(timed.first_byte > Duration::ZERO && timed.first_byte <= timed.total);
     }
 
     #[test]
