@@ -131,16 +131,22 @@ impl Exposition {
     /// `_bucket`, `_sum` and `_count` of a histogram of nanoseconds. Each bucket counts the
     /// HDR counts whose whole equivalent range lies at or below its bound, so `_count` equals
     /// the JSON `count` exactly; `_sum` is the exact sum of the values.
-    fn histogram(&mut self, name: &str, labels: &str, hist: &AtomicHistogram) {
+    /// The last bucket of `hist` within each bound of [`BUCKETS_SECONDS`] (computed once per
+    /// histogram configuration).
+    fn cutoffs_of(&mut self, hist: &AtomicHistogram) -> [Option<usize>; BUCKETS_SECONDS.len()] {
         let config = hist.config();
-        let cutoffs = match self.cutoffs.iter().find(|(c, _)| *c == config) {
+        match self.cutoffs.iter().find(|(c, _)| *c == config) {
             Some((_, cutoffs)) => *cutoffs,
             None => {
                 let cutoffs = BUCKETS_SECONDS.map(|bound| last_bucket_within(hist, bound));
                 self.cutoffs.push((config, cutoffs));
                 cutoffs
             }
-        };
+        }
+    }
+
+    fn histogram(&mut self, name: &str, labels: &str, hist: &AtomicHistogram) {
+        let cutoffs = self.cutoffs_of(hist);
         let mut cumulative = [0u64; BUCKETS_SECONDS.len()];
         let total = cumulative_counts(hist, &cutoffs, &mut cumulative);
         let sum = hist.sum() as f64;
@@ -330,7 +336,18 @@ fn client_family(x: &mut Exposition, rows: &[Row], family: usize) {
         }
         Some(histogram) => {
             let (name, _, pick) = CLIENT_HISTOGRAMS[histogram];
-            for (c, label) in clients {
+            let clients: Vec<_> = clients.collect();
+            for (k, (c, label)) in clients.iter().enumerate() {
+                // Two clients ahead the histogram's fields, one ahead the lines its buckets
+                // will be read from: the misses overlap with this client's work.
+                if let Some((next, _)) = clients.get(k + 2) {
+                    pick(next).prefetch_header();
+                }
+                if let Some((next, _)) = clients.get(k + 1) {
+                    let hist = pick(next);
+                    let cutoffs = x.cutoffs_of(hist);
+                    hist.prefetch_buckets(cutoffs.into_iter().flatten());
+                }
                 x.histogram(name, label, pick(c));
             }
         }
