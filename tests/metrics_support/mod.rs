@@ -17,7 +17,6 @@ use phantomlink::engine::realtime::RealtimeMode;
 use phantomlink::engine::{EngineConfig, Registry};
 use phantomlink::net::{Server, ServerConfig};
 use serde_json::Value;
-use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
 
 /// The synthetic dataset, generated once per test binary.
@@ -186,12 +185,49 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
 }
 
+// The load generator's kernel receive stamps, the very code it measures with.
+#[path = "../../tools/loadgen/stamp.rs"]
+mod stamp;
+
 /// What a receiver saw of one data packet.
 #[derive(Debug, Clone, Copy)]
 pub struct Seen {
     pub sequence: u64,
-    /// Arrival (Unix time) minus the packet's `timestamp`, ms.
+    /// The packet's `timestamp` (its tick, Unix seconds).
+    pub sent: f64,
+    /// Arrival (Unix time, when the reader got the message) minus `sent`, ms.
     pub latency_ms: f64,
+    /// The kernel's receive time of the last data read with the message (`SO_TIMESTAMPNS`,
+    /// Unix seconds), when it gave one.
+    pub kernel: Option<f64>,
+}
+
+/// A TCP stream whose reads keep the kernel's receive time of the data they return: when it
+/// reached the socket, however late the reader thread got to run.
+struct StampedStream {
+    tcp: TcpStream,
+    last: Option<f64>,
+}
+
+impl Read for StampedStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let (n, at) = stamp::recv_stamped(self.tcp.as_raw_fd(), buf)?;
+        if n > 0 && at.is_some() {
+            self.last = at;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for StampedStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
 }
 
 /// A WebSocket client on its own thread that reads everything and measures it.
@@ -210,16 +246,20 @@ pub struct Receiver {
 impl Receiver {
     /// Connects to `url` (`/stream/...` for JSON, `/stream/binary/...` for MessagePack).
     pub fn connect(url: &str) -> Self {
-        let (mut ws, response) = tungstenite::connect(url).expect("WebSocket connect");
+        let authority = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+            .expect("a ws://host:port/... URL");
+        let tcp = TcpStream::connect(authority).expect("TCP connect");
+        stamp::enable_rx_timestamps(&tcp).expect("SO_TIMESTAMPNS");
+        let local = tcp.local_addr().unwrap();
+        let stream = StampedStream { tcp, last: None };
+        let (mut ws, response) = tungstenite::client(url, stream).expect("WebSocket connect");
         assert_eq!(response.status().as_u16(), 101);
-        let local = match ws.get_mut() {
-            MaybeTlsStream::Plain(s) => {
-                s.set_read_timeout(Some(Duration::from_millis(100)))
-                    .unwrap();
-                s.local_addr().unwrap()
-            }
-            _ => unreachable!("plain ws://"),
-        };
+        ws.get_mut()
+            .tcp
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let count = Arc::new(AtomicU64::new(0));
         let payload_bytes = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -268,7 +308,9 @@ impl Receiver {
                 let sent = data["timestamp"].as_f64().expect("timestamp");
                 s.lock().unwrap().push(Seen {
                     sequence: data["sequence_number"].as_u64().expect("sequence_number"),
+                    sent,
                     latency_ms: (arrived - sent) * 1e3,
+                    kernel: ws.get_ref().last,
                 });
                 c.fetch_add(1, Relaxed);
             }
@@ -310,6 +352,34 @@ impl Receiver {
         v.sort_by(f64::total_cmp);
         let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
         v[rank - 1]
+    }
+
+    /// Nearest-rank quantile of the kernel-stamped latencies (receive stamp − tick), ms, a
+    /// lower bound of the true one: a packet whose stamp may belong to later data — the read
+    /// that completed it reached past the next packet's tick — or that has no stamp counts
+    /// as 0 ms, the least it can be.
+    pub fn kernel_latency_quantile(&self, q: f64) -> f64 {
+        let seen = self.seen.lock().unwrap();
+        let mut v: Vec<f64> = seen
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match (s.kernel, seen.get(i + 1)) {
+                (Some(at), Some(next)) if at < next.sent => (at - s.sent) * 1e3,
+                _ => 0.0,
+            })
+            .collect();
+        assert!(!v.is_empty());
+        v.sort_by(f64::total_cmp);
+        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        v[rank - 1]
+    }
+
+    /// Packets whose kernel stamp counts in [`kernel_latency_quantile`].
+    pub fn kernel_stamped(&self) -> usize {
+        let seen = self.seen.lock().unwrap();
+        seen.windows(2)
+            .filter(|w| w[0].kernel.is_some_and(|at| at < w[1].sent))
+            .count()
     }
 
     /// Stops reading and closes the connection.

@@ -17,6 +17,7 @@ mod poll;
 mod procfs;
 mod report;
 mod run;
+mod stamp;
 mod target;
 mod worker;
 mod ws;
