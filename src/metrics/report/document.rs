@@ -453,7 +453,7 @@ fn lsl_json(session: &Session) -> Option<LslJson<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::report::testing::registry;
+    use crate::metrics::report::testing::{registry, same_as_serial};
     use std::time::Duration;
 
     fn written<T: WriteJson>(value: &T) -> String {
@@ -534,30 +534,14 @@ mod tests {
             now: Instant::now(),
             wall: SystemTime::now(),
         };
-        // Timing threads publish their core and scheduling as they start: a comparison
-        // counts when the serial render before and after it agree.
-        let mut serial = entries(&sessions, clock, 1);
+        let serial = entries(&sessions, clock, 1);
         // The entries make a valid object, every session in order.
         let object: serde_json::Value =
             serde_json::from_slice(&[b"{", &serial[..], b"}"].concat()).unwrap();
         let codes: Vec<&String> = object.as_object().unwrap().keys().collect();
         assert_eq!(codes.len(), 37);
         assert!(codes.windows(2).all(|w| w[0] < w[1]));
-        for threads in [2, 3, 4, 8] {
-            let mut attempts = 0;
-            loop {
-                let parallel = entries(&sessions, clock, threads);
-                let after = entries(&sessions, clock, 1);
-                if after == serial {
-                    assert!(parallel == serial, "{threads} threads render other bytes");
-                    break;
-                }
-                attempts += 1;
-                assert!(attempts < 50, "the figures never hold still");
-                std::thread::sleep(Duration::from_millis(20));
-                serial = after;
-            }
-        }
+        same_as_serial(&[2, 3, 4, 8], |threads| entries(&sessions, clock, threads));
         // The whole document, rendered serially and in parallel, is the same JSON apart
         // from the figures that move with time (timestamp, uptime, process).
         let document = |threads| -> serde_json::Value {

@@ -54,6 +54,7 @@ fn totals(state: &SessionState) -> Totals {
 #[cfg(test)]
 pub(crate) mod testing {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use crate::codec::WireFormat;
     use crate::dataset::synthetic::{generate, SyntheticConfig};
@@ -91,5 +92,30 @@ pub(crate) mod testing {
             }
         }
         registry
+    }
+
+    /// Asserts that `render(n)` gives the output of `render(1)` for each of `threads`. The
+    /// timing threads of a fresh registry publish their core and scheduling as they start: a
+    /// comparison counts when the serial renders before and after it agree.
+    pub(crate) fn same_as_serial<T: PartialEq>(
+        threads: &[usize],
+        mut render: impl FnMut(usize) -> T,
+    ) {
+        let mut serial = render(1);
+        for &n in threads {
+            let mut attempts = 0;
+            loop {
+                let parallel = render(n);
+                let after = render(1);
+                if after == serial {
+                    assert!(parallel == serial, "{n} threads render other output");
+                    break;
+                }
+                attempts += 1;
+                assert!(attempts < 50, "the figures never hold still");
+                std::thread::sleep(Duration::from_millis(20));
+                serial = after;
+            }
+        }
     }
 }
