@@ -53,6 +53,8 @@ struct Exposition {
     /// Per histogram configuration, the last bucket within each bound of [`BUCKETS_SECONDS`].
     cutoffs: Vec<(HistConfig, [Option<usize>; BUCKETS_SECONDS.len()])>,
     integers: itoa::Buffer,
+    /// The start of a histogram's bucket lines, `name_bucket{labels,`.
+    prefix: String,
 }
 
 /// A sample's value: integers written with `itoa`, floats as `Display` prints them.
@@ -85,6 +87,7 @@ impl Exposition {
             le: BUCKETS_SECONDS.map(|bound| format!("le=\"{bound}\"")),
             cutoffs: Vec::new(),
             integers: itoa::Buffer::new(),
+            prefix: String::new(),
         }
     }
 
@@ -150,12 +153,23 @@ impl Exposition {
         let mut cumulative = [0u64; BUCKETS_SECONDS.len()];
         let total = cumulative_counts(hist, &cutoffs, &mut cumulative);
         let sum = hist.sum() as f64;
-        for (i, count) in cumulative.into_iter().enumerate() {
-            let le = std::mem::take(&mut self.le[i]);
-            self.line(name, "_bucket", labels, &le, count);
-            self.le[i] = le;
+        // `name_bucket{labels,` is built once and copied whole into each bucket line
+        // (fifteen per histogram, two histograms per client).
+        self.prefix.clear();
+        self.prefix.push_str(name);
+        self.prefix.push_str("_bucket{");
+        if !labels.is_empty() {
+            self.prefix.push_str(labels);
+            self.prefix.push(',');
         }
-        self.line(name, "_bucket", labels, "le=\"+Inf\"", total);
+        let les = self.le.iter().map(String::as_str).chain(["le=\"+Inf\""]);
+        for (le, count) in les.zip(cumulative.into_iter().chain([total])) {
+            self.out.push_str(&self.prefix);
+            self.out.push_str(le);
+            self.out.push_str("} ");
+            self.out.push_str(self.integers.format(count));
+            self.out.push('\n');
+        }
         self.line(name, "_sum", labels, "", sum / 1e9);
         self.line(name, "_count", labels, "", total);
     }
