@@ -8,8 +8,9 @@
 #   tools/metrics_ab.sh ROUNDS REV [REV...]
 #   tools/metrics_ab.sh 8 221d4ae HEAD
 #
-# Builds happen in temporary worktrees under ${TMPDIR:-/tmp}, removed at the end; their target
-# directories stay, so a second comparison builds little. Nothing in this checkout changes.
+# Builds happen in temporary worktrees under ${TMPDIR:-/tmp}, removed at the end; the shared
+# target directory stays, so a second comparison builds little. Nothing in this checkout
+# changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { sed -n '2,12p' "$0"; exit 2; }
@@ -26,10 +27,13 @@ for rev in "$@"; do
   git worktree remove --force "$tree" 2>/dev/null || true
   git worktree add --detach "$tree" "$sha" >/dev/null 2>&1
   trees+=("$tree")
-  out=$(cd "$tree" && CARGO_TARGET_DIR="$work/target-$sha" cargo bench --bench metrics --no-run --message-format short 2>&1)
+  # One target directory for every commit (dependencies built once); each bench binary is
+  # copied out, since the next commit's build writes the same path.
+  out=$(cd "$tree" && CARGO_TARGET_DIR="$work/target" cargo bench --bench metrics --no-run --message-format short 2>&1)
   bin=$(echo "$out" | sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -1)
   [ -x "$bin" ] || { echo "no bench binary for $rev:"; echo "$out" | tail -5; exit 1; }
-  bins[$rev]=$bin
+  cp "$bin" "$work/metrics-$sha"
+  bins[$rev]="$work/metrics-$sha"
 done
 results=$(mktemp)
 for round in $(seq "$rounds"); do
