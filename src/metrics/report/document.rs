@@ -6,8 +6,8 @@
 //! pool's helpers in parallel and appended in order. Must never: hold a lock while writing.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 #[cfg(test)]
@@ -79,33 +79,77 @@ struct Clock {
     wall: SystemTime,
 }
 
-/// The `"code":{…}` entries of `sessions`, comma-separated, in order: in up to `threads`
-/// contiguous runs, all but the first given to the [`RenderPool`]'s helpers, each rendered
-/// into its own buffer and appended in order — so the bytes are the serial render's. Each
-/// run locks its sessions one at a time, as the serial render does.
+/// The `"code":{…}` entries of `sessions`, comma-separated, in order. With enough sessions
+/// for `threads`, runs of [`SESSIONS_PER_RUN`] sessions are taken in turn by this thread and
+/// `threads - 1` of the [`RenderPool`]'s helpers, each run written into its own buffer, and
+/// the buffers appended in order — so the bytes are the serial render's. Taking runs in turn
+/// rather than a fixed share each means a thread that is preempted (by the streaming threads,
+/// or this machine's neighbours) leaves its next runs to the others instead of holding the
+/// whole render up. Each run locks its sessions one at a time, as the serial render does.
 fn session_entries(out: &mut Vec<u8>, sessions: &[Arc<Session>], clock: Clock, threads: usize) {
     let threads = threads.min(sessions.len() / SESSIONS_PER_THREAD).max(1);
     if threads == 1 {
         return write_sessions(out, sessions, clock);
     }
+    let runs = Arc::new(Runs::new(sessions.to_vec()));
     let pool = RenderPool::global();
-    let mut runs = sessions.chunks(sessions.len().div_ceil(threads));
-    let first = runs.next().unwrap_or_default();
-    let others: Vec<_> = runs
-        .map(|run| {
-            let run = run.to_vec();
-            pool.spawn(move || {
-                let clients: usize = run.iter().map(|s| s.client_count()).sum();
-                let mut buf = Vec::with_capacity(run.len() * 4096 + clients * 1024);
-                write_sessions(&mut buf, &run, clock);
-                buf
-            })
+    let helpers: Vec<_> = (1..threads)
+        .map(|_| {
+            let runs = Arc::clone(&runs);
+            pool.spawn(move || runs.write_until_done(clock))
         })
         .collect();
-    write_sessions(out, first, clock);
-    for other in others {
-        out.push(b',');
-        out.extend_from_slice(&other.join());
+    runs.write_until_done(clock);
+    for helper in helpers {
+        helper.join();
+    }
+    for (i, run) in runs.written.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(
+            run.get()
+                .expect("every run is written before its taker ends"),
+        );
+    }
+}
+
+/// Sessions per run of a split JSON render: small enough that the threads end together,
+/// large enough that taking a run costs nothing in comparison (a run of 4 sessions of 10
+/// clients is about 30 KB of JSON).
+const SESSIONS_PER_RUN: usize = 4;
+
+/// The runs of a split JSON render: taken in turn by index, each written once.
+struct Runs {
+    sessions: Vec<Arc<Session>>,
+    next: AtomicUsize,
+    written: Vec<OnceLock<Vec<u8>>>,
+}
+
+impl Runs {
+    fn new(sessions: Vec<Arc<Session>>) -> Self {
+        let count = sessions.len().div_ceil(SESSIONS_PER_RUN);
+        Runs {
+            sessions,
+            next: AtomicUsize::new(0),
+            written: (0..count).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Takes the next run not yet taken and writes it, until none is left.
+    fn write_until_done(&self, clock: Clock) {
+        loop {
+            let i = self.next.fetch_add(1, Relaxed);
+            let Some(slot) = self.written.get(i) else {
+                return;
+            };
+            let start = i * SESSIONS_PER_RUN;
+            let run = &self.sessions[start..(start + SESSIONS_PER_RUN).min(self.sessions.len())];
+            let clients: usize = run.iter().map(|s| s.client_count()).sum();
+            let mut buf = Vec::with_capacity(run.len() * 4096 + clients * 1024);
+            write_sessions(&mut buf, run, clock);
+            let _ = slot.set(buf);
+        }
     }
 }
 
