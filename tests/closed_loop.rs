@@ -255,17 +255,7 @@ fn the_same_seed_and_noise_give_the_same_counts_on_every_run() {
 #[test]
 fn loadgen_closed_loop_is_matched_by_the_server() {
     let server = TestServer::start();
-    let url = format!("ws://{}", server.addr);
-    // The load generator bounds its own run (connect budget, window, hard deadline).
-    let output = Command::new(env!("CARGO_BIN_EXE_phantomlink-loadgen"))
-        .args(["--url", &url, "--sessions", "2", "--clients", "2"])
-        .args(["--seconds", "3", "--warmup", "0.5", "--format", "mixed"])
-        .args(["--closed-loop", "--json", "--quiet"])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("loadgen binary runs");
-    assert!(output.status.success(), "loadgen exit {:?}", output.status);
-    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    let report = loadgen_report(&server, "3", &["--format", "mixed", "--closed-loop"]);
     let cl = &report["closed_loop"];
     assert_eq!(cl["clients_reporting"], 4, "{cl}");
     assert!(cl["answers_sent"].as_u64().unwrap() > 0, "{cl}");

@@ -3,27 +3,14 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-
 use common::*;
-use serde_json::Value;
 
 /// A short run polling `/metrics` every 50 ms: both formats are asked for, all answers are
 /// 200, and the reported times are ordered.
 #[test]
 fn loadgen_times_metrics_in_both_formats_while_loaded() {
     let server = TestServer::start();
-    let url = format!("ws://{}", server.addr);
-    // The load generator bounds its own run (connect budget, window, hard deadline).
-    let output = Command::new(env!("CARGO_BIN_EXE_phantomlink-loadgen"))
-        .args(["--url", &url, "--sessions", "2", "--clients", "2"])
-        .args(["--seconds", "2", "--warmup", "0.5", "--metrics-every", "50"])
-        .args(["--json", "--quiet"])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("loadgen binary runs");
-    assert!(output.status.success(), "loadgen exit {:?}", output.status);
-    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    let report = loadgen_report(&server, "2", &["--metrics-every", "50"]);
     let poll = &report["metrics_poll"];
     assert_eq!(poll["errors"], 0, "{poll}");
     assert_eq!(poll["capped"], false, "{poll}");

@@ -985,3 +985,19 @@ pub fn raw_upgrade(addr: SocketAddr, path: &str, recv_buffer: Option<usize>) -> 
     assert_eq!(status, 101, "{path}: not upgraded");
     stream
 }
+
+/// Runs `phantomlink-loadgen` against `server` (2 sessions × 2 clients, 0.5 s of warm-up,
+/// `seconds` measured, plus `args`) and returns its JSON report. The load generator bounds
+/// its own run (connect budget, window, hard deadline).
+pub fn loadgen_report(server: &TestServer, seconds: &str, args: &[&str]) -> Value {
+    let url = format!("ws://{}", server.addr);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_phantomlink-loadgen"))
+        .args(["--url", &url, "--sessions", "2", "--clients", "2"])
+        .args(["--seconds", seconds, "--warmup", "0.5", "--json", "--quiet"])
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("loadgen binary runs");
+    assert!(output.status.success(), "loadgen exit {:?}", output.status);
+    serde_json::from_slice(&output.stdout).expect("a JSON report")
+}
