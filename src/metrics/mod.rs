@@ -3,7 +3,8 @@
 //! Owns the lock-free HDR histograms ([`histogram`]: bucket and block counts, exact running
 //! sums) that timing threads and client writers record into and `/metrics` reads at any time,
 //! their sliding windows ([`window`], merged at each rotation), the summaries (exact mean and
-//! std, exact percentiles, read from the block counts) and the JSON and Prometheus reports.
+//! std, exact percentiles, read from the block counts) and the JSON and Prometheus reports
+//! ([`report`], written by the `json` writer and split over the `render_pool` helpers).
 //! Must never: make a recording thread wait for a reader, or allocate on the recording side.
 
 pub mod histogram;
