@@ -24,10 +24,10 @@ use crate::metrics::window::WINDOWS;
 use crate::metrics::LatencySummary;
 
 /// The JSON document of `GET /metrics`, for every session or only `only`, serialised: the
-/// bytes the HTTP handler sends. Written straight into the buffer by [`json_object!`] (no
+/// bytes the HTTP handler sends. Written straight into the buffer by `json_object!` (no
 /// value tree, no serializer); each session's figures are read under its state lock, then
 /// written without it. With many sessions they are rendered on several threads (see
-/// [`render_threads`]); the bytes are those of a serial render.
+/// `render_threads`); the bytes are those of a serial render.
 pub fn json(registry: &Registry, only: Option<&str>) -> Vec<u8> {
     json_with(registry, only, render_threads())
 }

@@ -379,7 +379,7 @@ fn decoders(rows: &[Row]) -> impl Iterator<Item = (&DecoderStats, &str)> + '_ {
 
 /// The Prometheus text exposition (0.0.4, or OpenMetrics 1.0 ending in `# EOF`). With many
 /// sessions the clients' histogram families are written in parallel (see
-/// [`render_threads`]); the text is that of a serial render.
+/// `render_threads`); the text is that of a serial render.
 pub fn prometheus(registry: &Registry, only: Option<&str>, openmetrics: bool) -> String {
     prometheus_with(registry, only, openmetrics, render_threads())
 }

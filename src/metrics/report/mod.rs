@@ -1,13 +1,11 @@
-//! `/metrics` as JSON ([`document`]: the reference schema, extended) and as Prometheus text
-//! ([`exposition`]).
+//! `/metrics` as JSON (`document`: the reference schema, extended) and as Prometheus text
+//! (`exposition`).
 //!
 //! Readers only: figures are read from atomic counters and histograms, and from each
 //! session's state under its lock (which no timing thread or streaming writer ever takes),
 //! then written straight into the response's bytes; with a thousand clients either format
-//! is a megabyte or more, so large renders are split among the [`RenderPool`]'s helpers.
+//! is a megabyte or more, so large renders are split among the render pool's helpers.
 //! Must never: write text while holding a session's lock, or make a recording thread wait.
-//!
-//! [`RenderPool`]: super::render_pool::RenderPool
 
 mod document;
 mod exposition;
