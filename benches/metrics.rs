@@ -8,6 +8,9 @@
 //! `render_p99`, a plain loop of [`RENDERS`] renders, each timed on its own, printing
 //! p50/p99/max — the target is a p99, which criterion does not report.
 //!
+//! A third group times handing work to another thread: a scoped thread per render against
+//! the render pool's parked helpers.
+//!
 //! `cargo bench --bench metrics`
 
 use std::hint::black_box;
@@ -20,6 +23,7 @@ use phantomlink::codec::WireFormat;
 use phantomlink::dataset::synthetic::{generate, SyntheticConfig};
 use phantomlink::dataset::PacketTable;
 use phantomlink::engine::{ClientShared, EngineConfig, Registry};
+use phantomlink::metrics::render_pool::RenderPool;
 use phantomlink::metrics::window::ROTATE_EVERY;
 use phantomlink::metrics::{report, LatencySummary};
 
@@ -151,6 +155,20 @@ fn render(c: &mut Criterion) {
     });
     group.bench_function("window_summaries", |b| {
         b.iter(|| window_summaries(&registry))
+    });
+    group.finish();
+    // Handing a part of a render to another thread: a thread started and joined per render
+    // (what the render did before) against a task given to a parked render-pool helper.
+    let mut group = c.benchmark_group("render_handoff");
+    group
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    group.bench_function("scoped_thread", |b| {
+        b.iter(|| std::thread::scope(|s| s.spawn(|| black_box(1u64)).join().unwrap()))
+    });
+    group.bench_function("render_pool", |b| {
+        let pool = RenderPool::global();
+        b.iter(|| pool.spawn(|| black_box(1u64)).join())
     });
     group.finish();
     render_p99(&registry);

@@ -2,8 +2,9 @@
 //! worker that asked for it.
 //!
 //! Started once, on the first render large enough to split, and blocked on a channel
-//! between renders: starting a thread per part cost 40 µs at the median and 150 µs at p99
-//! on the 2-core test machine, a tenth of the render's budget. One helper per core beyond
+//! between renders: starting and joining a thread per part costs about 55 µs on the 2-core
+//! test machine, a task handed to a parked helper about 1 µs (`cargo bench --bench metrics --
+//! render_handoff`). One helper per core beyond
 //! the first, at most 7. Must never: run anything but render work, or be waited on by a
 //! timing thread or a streaming writer (their threads never call into `/metrics`).
 
@@ -16,17 +17,17 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 type Task = Box<dyn FnOnce() + Send>;
 
 /// Render helpers, shared by every `/metrics` request.
-pub(crate) struct RenderPool {
+pub struct RenderPool {
     tasks: Sender<Task>,
     helpers: usize,
 }
 
 /// The result of a task given to a helper.
-pub(crate) struct Pending<T>(Receiver<thread::Result<T>>);
+pub struct Pending<T>(Receiver<thread::Result<T>>);
 
 impl<T> Pending<T> {
     /// Waits for the task's result; a panic in the task resumes here.
-    pub(crate) fn join(self) -> T {
+    pub fn join(self) -> T {
         match self.0.recv() {
             Ok(Ok(value)) => value,
             Ok(Err(panic)) => resume_unwind(panic),
@@ -39,7 +40,7 @@ impl<T> Pending<T> {
 impl RenderPool {
     /// The process's pool: `threads - 1` helpers, `threads` being the cores available (at
     /// most 8), started on first use. No helpers on a single core.
-    pub(crate) fn global() -> &'static RenderPool {
+    pub fn global() -> &'static RenderPool {
         static POOL: OnceLock<RenderPool> = OnceLock::new();
         POOL.get_or_init(|| RenderPool::start(render_threads() - 1))
     }
@@ -68,7 +69,7 @@ impl RenderPool {
     }
 
     /// Gives `task` to a helper. With no helper running it runs here, now.
-    pub(crate) fn spawn<T: Send + 'static>(
+    pub fn spawn<T: Send + 'static>(
         &self,
         task: impl FnOnce() -> T + Send + 'static,
     ) -> Pending<T> {
@@ -87,7 +88,7 @@ impl RenderPool {
 
 /// Threads a render may use: the cores available (read once — it consults cgroup files), at
 /// most 8, since beyond that the cost of splitting outweighs the work.
-pub(crate) fn render_threads() -> usize {
+pub fn render_threads() -> usize {
     static THREADS: OnceLock<usize> = OnceLock::new();
     *THREADS.get_or_init(|| {
         thread::available_parallelism()

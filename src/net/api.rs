@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{Instant, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use tiny_http::Request;
@@ -19,6 +19,7 @@ use super::server::Context;
 use super::websocket;
 use crate::dataset::BIN_SECONDS;
 use crate::engine::{Command, Filter, NoiseConfig, Playback, Session};
+use crate::metrics::process::thread_cpu_seconds;
 use crate::metrics::report;
 
 /// Answers one request (or hands it to the WebSocket upgrade).
@@ -484,7 +485,9 @@ fn metrics(ctx: &Context, request: &Request, params: &Params) -> Result<Reply, A
     }
     if wants_text {
         let openmetrics = accept.contains("application/openmetrics-text");
-        let body = report::prometheus(&ctx.registry, only.as_deref(), openmetrics);
+        let body = timed_render("prometheus", || {
+            report::prometheus(&ctx.registry, only.as_deref(), openmetrics)
+        });
         let content_type = if openmetrics {
             "application/openmetrics-text; version=1.0.0; charset=utf-8"
         } else {
@@ -492,11 +495,26 @@ fn metrics(ctx: &Context, request: &Request, params: &Params) -> Result<Reply, A
         };
         return Ok(text_reply(200, body, content_type, cors));
     }
-    Ok(json_bytes_reply(
-        200,
-        report::json(&ctx.registry, only.as_deref()),
-        cors,
-    ))
+    let body = timed_render("json", || report::json(&ctx.registry, only.as_deref()));
+    Ok(json_bytes_reply(200, body, cors))
+}
+
+/// `render()`, and at debug level a log line with the time it took and the CPU it used on
+/// this thread (helpers not included): how an operator sees what a scrape costs on a loaded
+/// server, where the benchmark reads histograms at rest.
+fn timed_render<T: AsRef<[u8]>>(format: &str, render: impl FnOnce() -> T) -> T {
+    if !log::log_enabled!(log::Level::Debug) {
+        return render();
+    }
+    let (start, cpu) = (Instant::now(), thread_cpu_seconds());
+    let body = render();
+    log::debug!(
+        "/metrics {format}: {} bytes rendered in {:.3} ms, {:.3} ms of this thread's CPU",
+        body.as_ref().len(),
+        start.elapsed().as_secs_f64() * 1e3,
+        (thread_cpu_seconds() - cpu) * 1e3
+    );
+    body
 }
 
 /// `POST /api/control/{code}/noise`: a `preset` (query or body) or a body of settings.

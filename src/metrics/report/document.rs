@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime};
 #[cfg(test)]
 use serde::Serialize;
 
-use super::{summary, totals, unix, SESSIONS_PER_THREAD};
+use super::{totals, unix, SESSIONS_PER_THREAD};
 use crate::codec::WireFormat;
 use crate::engine::feedback::DecoderStats;
 use crate::engine::{ClientShared, NoiseConfig, Registry, Session, SessionState};
@@ -241,8 +241,8 @@ fn client_json(client: &ClientShared, now: SystemTime) -> ClientJson {
         dropped_packets: counters.dropped_packets.load(Relaxed),
         bytes_sent: bytes,
         bandwidth_bps: bytes as f64 * 8.0 / connected,
-        network_latency_ms: summary(&client.latency),
-        ring_wait_ms: summary(&client.ring_wait),
+        network_latency_ms: LatencySummary::of(&client.latency),
+        ring_wait_ms: LatencySummary::of(&client.ring_wait),
         ring_high_water: counters.ring_high_water.load(Relaxed),
         ring_capacity: client.ring_capacity,
         messages_received: counters.messages_received.load(Relaxed),
@@ -285,7 +285,7 @@ impl WriteJson for DecoderJson {
 fn decoder_json(d: &DecoderStats) -> DecoderJson {
     let total = d.target_total.load(Relaxed);
     DecoderJson {
-        round_trip_ms: summary(&d.round_trip),
+        round_trip_ms: LatencySummary::of(&d.round_trip),
         velocity_error: LatencySummary::from_blocks(&d.velocity_error, 1e3),
         position_error: LatencySummary::from_blocks(&d.position_error, 1e3),
         target_accuracy: (total > 0).then(|| d.target_correct.load(Relaxed) as f64 / total as f64),
@@ -428,8 +428,8 @@ fn session_json<'a>(
     SessionJson {
         packets_sent: totals.packets_sent,
         dropped_packets: totals.dropped,
-        network_latency_ms: summary(&status.latency),
-        timing_error_ms: summary(&status.lateness),
+        network_latency_ms: LatencySummary::of(&status.latency),
+        timing_error_ms: LatencySummary::of(&status.lateness),
         memory_usage_mb: memory as f64 / (1024.0 * 1024.0),
         memory_bytes: memory,
         is_running: status.running.load(Relaxed) && status.started.load(Relaxed),
@@ -486,7 +486,7 @@ fn lsl_json(session: &Session) -> Option<LslJson<'_>> {
     let status = session.status();
     Some(LslJson {
         streams: &tap.streams,
-        push_latency_ms: summary(&tap.latency),
+        push_latency_ms: LatencySummary::of(&tap.latency),
         samples: tap.samples.load(Relaxed),
         dropped: status.tap_dropped.load(Relaxed),
         errors: tap.errors.load(Relaxed),

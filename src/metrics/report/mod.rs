@@ -16,7 +16,6 @@ pub use exposition::prometheus;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{AtomicHistogram, LatencySummary};
 use crate::engine::{ClientShared, SessionState};
 
 /// Fewest sessions per part of a split render: under this, handing work over is not repaid.
@@ -26,10 +25,6 @@ fn unix(time: SystemTime) -> f64 {
     time.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-fn summary(hist: &AtomicHistogram) -> LatencySummary {
-    LatencySummary::of(hist)
 }
 
 /// Session totals: departed clients plus the live ones.
